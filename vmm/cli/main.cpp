@@ -1,0 +1,47 @@
+// The vmmlab command line. Host set-up failures arrive here as exceptions and leave as one line.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/info.hpp"
+
+namespace {
+
+int run_info(const vmmlab::cli::InfoOptions& options, bool as_json) {
+    auto info = vmmlab::cli::gather_info(options);
+    if (as_json)
+        std::printf("%s\n", info.dump(2).c_str());
+    else
+        std::fputs(vmmlab::cli::render_info(info).c_str(), stdout);
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"vmmlab: a minimal KVM monitor for measuring and tuning the cost of virtualization"};
+    app.require_subcommand(1);
+    std::string log_level = "warn";
+    app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    app.set_version_flag("--version", "vmmlab 0.1.0");
+
+    vmmlab::cli::InfoOptions info_options;
+    bool info_json = false;
+    auto* info = app.add_subcommand("info", "KVM API, capabilities, hugepage pools, THP mode, sandbox use");
+    info->add_flag("--json", info_json, "print the report as JSON");
+    info->add_option("--kvm", info_options.kvm_path, "the KVM device")->capture_default_str();
+
+    CLI11_PARSE(app, argc, argv);
+    spdlog::set_level(spdlog::level::from_str(log_level));
+
+    try {
+        if (info->parsed()) return run_info(info_options, info_json);
+    } catch (const std::exception& error) {
+        std::fprintf(stderr, "vmmlab: %s\n", error.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,97 @@
+// RAII owners of the three KVM file descriptors: the system (/dev/kvm), one VM, one vCPU.
+// Every ioctl the monitor uses has a typed wrapper here; a failing one throws SystemError naming it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <linux/kvm.h>
+
+#include "base/unique_fd.hpp"
+
+namespace vmmlab::kvm {
+
+inline constexpr int kStableApiVersion = 12; // KVM_GET_API_VERSION has returned 12 since Linux 2.6.22
+
+class VcpuFd;
+class VmFd;
+
+// Why this process cannot use the KVM device ("absent", "permission denied", ...), or nothing when it
+// can open it read-write. Decides whether kvm tests run directly or in tools/kvm-sandbox.
+std::optional<std::string> kvm_unusable_reason(const std::string& path = "/dev/kvm");
+
+class KvmSystem {
+public:
+    // Opens the device read-write; throws SystemError with a hint for the usual causes.
+    static KvmSystem open(const std::string& path = "/dev/kvm");
+
+    int api_version() const;
+    // KVM_CHECK_EXTENSION on the system fd: 0 when absent, otherwise a capability-specific value.
+    int check_extension(unsigned capability) const;
+    std::size_t vcpu_mmap_size() const;
+    // Refuses an API version other than 12, as every monitor should.
+    VmFd create_vm() const;
+    std::vector<kvm_cpuid_entry2> supported_cpuid() const;
+    int fd() const noexcept { return fd_.get(); }
+
+private:
+    explicit KvmSystem(UniqueFd fd) : fd_(std::move(fd)) {}
+    UniqueFd fd_;
+};
+
+class VmFd {
+public:
+    // Registers host memory [host, host + size) as guest-physical [gpa, gpa + size) in the given slot.
+    void set_user_memory_region(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size, void* host,
+                                std::uint32_t flags = 0);
+    // The VM's own answer, which may differ from the system's (KVM_CAP_CHECK_EXTENSION_VM).
+    int check_extension(unsigned capability) const;
+    void enable_cap(unsigned capability, std::span<const std::uint64_t> args = {});
+    VcpuFd create_vcpu(unsigned id);
+    int fd() const noexcept { return fd_.get(); }
+
+private:
+    friend class KvmSystem;
+    VmFd(UniqueFd fd, std::size_t vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
+    UniqueFd fd_;
+    std::size_t vcpu_mmap_size_;
+};
+
+class VcpuFd {
+public:
+    VcpuFd(VcpuFd&& other) noexcept;
+    VcpuFd& operator=(VcpuFd&&) = delete;
+    VcpuFd(const VcpuFd&) = delete;
+    VcpuFd& operator=(const VcpuFd&) = delete;
+    ~VcpuFd();
+
+    enum class RunResult { Exited, Interrupted };
+    // One KVM_RUN. Interrupted means a signal (a kick) arrived before or during guest execution;
+    // any other failure throws.
+    RunResult run();
+
+    // The shared kvm_run page, as mapped: the whole region, so decoders can bound offsets into it.
+    kvm_run& shared_run() noexcept { return *static_cast<kvm_run*>(run_area_); }
+    std::span<std::byte> run_area() noexcept { return {static_cast<std::byte*>(run_area_), run_area_size_}; }
+
+    kvm_regs regs() const;
+    void set_regs(const kvm_regs& regs);
+    kvm_sregs sregs() const;
+    void set_sregs(const kvm_sregs& sregs);
+    unsigned id() const noexcept { return id_; }
+    int fd() const noexcept { return fd_.get(); }
+
+private:
+    friend class VmFd;
+    VcpuFd(UniqueFd fd, unsigned id, std::size_t mmap_size);
+    UniqueFd fd_;
+    unsigned id_;
+    void* run_area_ = nullptr;
+    std::size_t run_area_size_ = 0;
+};
+
+} // namespace vmmlab::kvm

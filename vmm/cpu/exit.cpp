@@ -10,6 +10,8 @@ template <class... Ts>
 struct Overloaded : Ts... {
     using Ts::operator()...;
 };
+template <class... Ts>
+Overloaded(Ts...) -> Overloaded<Ts...>; // clang 14 has no aggregate deduction
 
 VcpuExit decode_io(const kvm_run& run, std::span<std::byte> run_area) {
     const auto& io = run.io;

@@ -1,6 +1,7 @@
 #include "kvm/kvm.hpp"
 
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include <fcntl.h>
@@ -127,6 +128,40 @@ VcpuFd VmFd::create_vcpu(unsigned id) {
     return VcpuFd(UniqueFd(vcpu), id, vcpu_mmap_size_);
 }
 
+void VmFd::set_tss_address(std::uint64_t gpa) {
+    check_syscall(do_ioctl(fd(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(gpa)), "KVM_SET_TSS_ADDR");
+}
+
+void VmFd::set_identity_map_address(std::uint64_t gpa) {
+    check_syscall(do_ioctl(fd(), KVM_SET_IDENTITY_MAP_ADDR, &gpa), "KVM_SET_IDENTITY_MAP_ADDR");
+}
+
+void VmFd::create_irqchip() {
+    check_syscall(do_ioctl(fd(), KVM_CREATE_IRQCHIP, 0UL), "KVM_CREATE_IRQCHIP");
+}
+
+void VmFd::create_pit2() {
+    kvm_pit_config config{};
+    config.flags = KVM_PIT_SPEAKER_DUMMY;
+    check_syscall(do_ioctl(fd(), KVM_CREATE_PIT2, &config), "KVM_CREATE_PIT2");
+}
+
+void VmFd::set_irq_line(std::uint32_t gsi, bool high) {
+    kvm_irq_level level{};
+    level.irq = gsi;
+    level.level = high ? 1U : 0U;
+    check_syscall(do_ioctl(fd(), KVM_IRQ_LINE, &level), "KVM_IRQ_LINE");
+}
+
+void VmFd::add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event_fd) {
+    kvm_ioeventfd request{};
+    request.addr = port;
+    request.len = length;
+    request.fd = event_fd;
+    request.flags = KVM_IOEVENTFD_FLAG_PIO;
+    check_syscall(do_ioctl(fd(), KVM_IOEVENTFD, &request), "KVM_IOEVENTFD");
+}
+
 VcpuFd::VcpuFd(UniqueFd fd, unsigned id, std::size_t mmap_size) : fd_(std::move(fd)), id_(id) {
     void* area = ::mmap(nullptr, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (area == MAP_FAILED) throw SystemError("mmap of the kvm_run area", errno);
@@ -147,6 +182,32 @@ VcpuFd::RunResult VcpuFd::run() {
     if (do_ioctl(fd(), KVM_RUN, 0UL) == 0) return RunResult::Exited;
     if (errno == EINTR || errno == EAGAIN) return RunResult::Interrupted;
     throw SystemError("KVM_RUN on vCPU " + std::to_string(id_), errno);
+}
+
+void VcpuFd::set_cpuid(std::span<const kvm_cpuid_entry2> entries) {
+    std::vector<std::byte> buffer(sizeof(kvm_cpuid2) + entries.size_bytes());
+    auto* table = reinterpret_cast<kvm_cpuid2*>(buffer.data());
+    table->nent = static_cast<std::uint32_t>(entries.size());
+    std::memcpy(table->entries, entries.data(), entries.size_bytes());
+    check_syscall(do_ioctl(fd(), KVM_SET_CPUID2, table), "KVM_SET_CPUID2");
+}
+
+void VcpuFd::set_xcr0(std::uint64_t value) {
+    kvm_xcrs xcrs{};
+    xcrs.nr_xcrs = 1;
+    xcrs.xcrs[0].xcr = 0;
+    xcrs.xcrs[0].value = value;
+    check_syscall(do_ioctl(fd(), KVM_SET_XCRS, &xcrs), "KVM_SET_XCRS");
+}
+
+void VcpuFd::set_mp_state(std::uint32_t state) {
+    kvm_mp_state mp_state{state};
+    check_syscall(do_ioctl(fd(), KVM_SET_MP_STATE, &mp_state), "KVM_SET_MP_STATE");
+}
+
+std::uint64_t VcpuFd::tsc_khz() const {
+    int khz = do_ioctl(fd(), KVM_GET_TSC_KHZ, 0UL);
+    return khz > 0 ? static_cast<std::uint64_t>(khz) : 0;
 }
 
 kvm_regs VcpuFd::regs() const {

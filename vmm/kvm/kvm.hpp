@@ -52,6 +52,18 @@ public:
     int check_extension(unsigned capability) const;
     void enable_cap(unsigned capability, std::span<const std::uint64_t> args = {});
     VcpuFd create_vcpu(unsigned id);
+
+    // x86 platform set-up, in the order a VM needs it: TSS and identity-map pages in the PCI hole,
+    // then the in-kernel PIC/IOAPIC/LAPIC and PIT.
+    void set_tss_address(std::uint64_t gpa);
+    void set_identity_map_address(std::uint64_t gpa);
+    void create_irqchip();
+    void create_pit2();
+    // Drives a GSI of the in-kernel irqchip to a level (edge devices pulse it).
+    void set_irq_line(std::uint32_t gsi, bool high);
+    // Binds a guest PIO write of `length` bytes at `port` to an eventfd: the write no longer exits to
+    // userspace, the kernel signals the eventfd instead.
+    void add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event_fd);
     int fd() const noexcept { return fd_.get(); }
 
 private:
@@ -77,6 +89,13 @@ public:
     // The shared kvm_run page, as mapped: the whole region, so decoders can bound offsets into it.
     kvm_run& shared_run() noexcept { return *static_cast<kvm_run*>(run_area_); }
     std::span<std::byte> run_area() noexcept { return {static_cast<std::byte*>(run_area_), run_area_size_}; }
+
+    // Per-vCPU set-up; KVM_SET_CPUID2 must come before the first KVM_RUN.
+    void set_cpuid(std::span<const kvm_cpuid_entry2> entries);
+    void set_xcr0(std::uint64_t value);
+    void set_mp_state(std::uint32_t state);
+    // The guest TSC frequency in kHz, or 0 where the kernel cannot say.
+    std::uint64_t tsc_khz() const;
 
     kvm_regs regs() const;
     void set_regs(const kvm_regs& regs);

@@ -2,7 +2,7 @@
 #include <cstring>
 #include <vector>
 
-#include <linux/kvm.h>
+#include "kvm/kvm_uapi.hpp"
 
 #include "cpu/exit.hpp"
 

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include <linux/kvm.h>
+#include "kvm/kvm_uapi.hpp"
 
 #include "cli/info.hpp"
 #include "kvm/capabilities.hpp"

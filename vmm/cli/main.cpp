@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/info.hpp"
+#include "cli/run_command.hpp"
 
 namespace {
 
@@ -34,11 +35,32 @@ int main(int argc, char** argv) {
     info->add_flag("--json", info_json, "print the report as JSON");
     info->add_option("--kvm", info_options.kvm_path, "the KVM device")->capture_default_str();
 
+    vmmlab::cli::KnobFlags run_flags;
+    vmmlab::cli::RunOptions run_options;
+    auto* run = app.add_subcommand("run", "boot the embedded tiny guest (workload from --guest-cmdline)");
+    vmmlab::cli::add_knob_flags(*run, run_flags);
+    run->add_flag("--print-config", run_options.print_config,
+                  "print the effective configuration as JSON and exit");
+    run->add_flag("--boot-time", run_options.boot_time,
+                  "print process start, first instruction and init times");
+
+    vmmlab::cli::KnobFlags compare_flags;
+    vmmlab::cli::CompareOptions compare_options;
+    auto* compare =
+        app.add_subcommand("compare", "run a workload natively, untuned and tuned; print one table");
+    vmmlab::cli::add_knob_flags(*compare, compare_flags);
+    compare->add_option("--workload", compare_options.workload, "the guest command line to compare")
+        ->capture_default_str();
+    compare->add_option("--runs", compare_options.runs, "runs of each column")->capture_default_str();
+    compare->add_flag("!--no-native", compare_options.native, "leave out the native column");
+
     CLI11_PARSE(app, argc, argv);
     spdlog::set_level(spdlog::level::from_str(log_level));
 
     try {
         if (info->parsed()) return run_info(info_options, info_json);
+        if (run->parsed()) return vmmlab::cli::run_command(run_flags, run_options);
+        if (compare->parsed()) return vmmlab::cli::compare_command(compare_flags, compare_options);
     } catch (const std::exception& error) {
         std::fprintf(stderr, "vmmlab: %s\n", error.what());
         return 1;

@@ -1,7 +1,7 @@
 #include "cpu/exit.hpp"
 
 #include <fmt/format.h>
-#include <linux/kvm.h>
+#include "kvm/kvm_uapi.hpp"
 
 namespace vmmlab {
 

@@ -3,7 +3,7 @@
 #include <array>
 #include <cerrno>
 
-#include <linux/kvm.h>
+#include "kvm/kvm_uapi.hpp"
 
 #include "base/error.hpp"
 #include "kvm/kvm.hpp"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include <linux/kvm.h>
+#include "kvm/kvm_uapi.hpp"
 
 #include "base/unique_fd.hpp"
 

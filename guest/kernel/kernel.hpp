@@ -1,0 +1,46 @@
+// Guest-kernel internals shared by its files: port I/O, the serial console, ending the VM, the vCPUs.
+#pragma once
+
+#include <stdint.h>
+
+#include "guest/abi/boot_abi.hpp"
+#include "guest/workloads/text.hpp"
+
+namespace vmmlab::guest::kernel {
+
+inline constexpr uint8_t kTimerVector = 0x40;
+inline constexpr uint8_t kSpuriousVector = 0xff;
+
+inline void outb(uint16_t port, uint8_t value) {
+    asm volatile("outb %0, %1" ::"a"(value), "Nd"(port) : "memory");
+}
+inline void outl(uint16_t port, uint32_t value) {
+    asm volatile("outl %0, %1" ::"a"(value), "Nd"(port) : "memory");
+}
+inline uint8_t inb(uint16_t port) {
+    uint8_t value;
+    asm volatile("inb %1, %0" : "=a"(value) : "Nd"(port) : "memory");
+    return value;
+}
+inline uint64_t rdmsr(uint32_t msr) {
+    uint32_t low;
+    uint32_t high;
+    asm volatile("rdmsr" : "=a"(low), "=d"(high) : "c"(msr));
+    return (static_cast<uint64_t>(high) << 32) | low;
+}
+
+const abi::BootInfo& boot_info();
+uint64_t tick_hz();
+bool tick_rate_known();
+unsigned online_cpus();
+
+void serial_write(Text text);
+// Writes the status to the exit port; never returns (halts should the monitor not stop the VM).
+[[noreturn]] void exit_vm(uint32_t status);
+// Prints "guest panic: <message>" and exits with status 70.
+[[noreturn]] void panic(Text message);
+
+using Job = void (*)(void* context, unsigned index, unsigned count);
+void run_on_cpus(unsigned count, Job job, void* context);
+
+} // namespace vmmlab::guest::kernel

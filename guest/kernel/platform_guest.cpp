@@ -1,0 +1,220 @@
+// The guest side of guest/workloads/platform.hpp: serial output, BootInfo memory, vCPUs, and the
+// instructions that make the VM exits the exit microbenchmarks time.
+#include "guest/kernel/kernel.hpp"
+#include "guest/kernel/memory_map.hpp"
+#include "guest/workloads/cpu.hpp"
+#include "guest/workloads/platform.hpp"
+
+// The LAPIC timer entry in guest/kernel/start.cpp counts here and writes the EOI register at this address.
+extern "C" {
+volatile uint64_t vmmlab_timer_count = 0;
+volatile uint64_t vmmlab_apic_eoi = 0;
+}
+
+namespace vmmlab::guest {
+
+extern FreeMemory g_free_memory; // guest/kernel/kernel.cpp
+
+namespace platform {
+namespace {
+
+using kernel::outb;
+
+template <typename Operation>
+ExitMeasurement time_loop(const ExitRequest& request, Operation operation) {
+    for (unsigned i = 0; i < 100 && i < request.iterations; ++i) // warm-up, untimed
+        operation();
+    ExitMeasurement m;
+    m.supported = true;
+    const uint64_t start = read_ticks();
+    const uint64_t deadline = start + request.budget_ticks;
+    uint64_t done = 0;
+    while (done < request.iterations) {
+        const uint64_t chunk = request.iterations - done < 64 ? request.iterations - done : 64;
+        for (uint64_t i = 0; i < chunk; ++i)
+            operation();
+        done += chunk;
+        if (read_ticks() > deadline) break;
+    }
+    m.ticks = read_ticks() - start;
+    m.completed = done;
+    return m;
+}
+
+// --- xAPIC timer for the HLT benchmark -----------------------------------------------------------------
+
+constexpr uint32_t kMsrApicBase = 0x1b;
+constexpr uint32_t kApicVersion = 0x30;
+constexpr uint32_t kApicTpr = 0x80;
+constexpr uint32_t kApicEoi = 0xb0;
+constexpr uint32_t kApicSvr = 0xf0;
+constexpr uint32_t kApicLvtTimer = 0x320;
+constexpr uint32_t kApicInitialCount = 0x380;
+constexpr uint32_t kApicDivide = 0x3e0;
+constexpr uint32_t kLvtMasked = 1U << 16;
+
+uint32_t apic_read(uint64_t base, uint32_t reg) {
+    return *reinterpret_cast<volatile uint32_t*>(base + reg);
+}
+void apic_write(uint64_t base, uint32_t reg, uint32_t value) {
+    *reinterpret_cast<volatile uint32_t*>(base + reg) = value;
+}
+
+ExitMeasurement measure_hlt(const ExitRequest& request) {
+    ExitMeasurement m;
+    constexpr uint32_t kCpuidApic = 1U << 9;
+    if ((cpuid(1).edx & kCpuidApic) == 0) {
+        m.note = "the CPU model has no local APIC (CPUID.1:EDX.APIC = 0)";
+        return m;
+    }
+    const uint64_t apic_base_msr = kernel::rdmsr(kMsrApicBase);
+    if ((apic_base_msr & (1U << 11)) == 0 || (apic_base_msr & (1U << 10)) != 0) {
+        m.note = "the local APIC is disabled or in x2APIC mode (IA32_APIC_BASE); only xAPIC is supported";
+        return m;
+    }
+    const uint64_t base = apic_base_msr & 0xffffff000ULL;
+    const uint32_t version = apic_read(base, kApicVersion);
+    if (version == 0 || version == 0xffffffff) {
+        m.note = "no local APIC answers at its base address (no in-kernel irqchip?)";
+        return m;
+    }
+    outb(0x21, 0xff); // mask both 8259 PICs: only the LAPIC timer may wake us
+    outb(0xa1, 0xff);
+    vmmlab_apic_eoi = base + kApicEoi;
+    apic_write(base, kApicTpr, 0);
+    apic_write(base, kApicSvr, apic_read(base, kApicSvr) | 0x100 | kernel::kSpuriousVector);
+    apic_write(base, kApicDivide, 0xb); // divide by 1
+    apic_write(base, kApicLvtTimer, kernel::kTimerVector); // one-shot, unmasked
+
+    // Each round: arm the one-shot timer, then sti;hlt until its interrupt has been handled. A wake-up that
+    // never comes cannot be bounded from inside (TESTING.md: enforce that from the host); the budget
+    // bounds the total time of the wake-ups that do come.
+    const uint64_t start = read_ticks();
+    const uint64_t deadline = start + request.budget_ticks;
+    uint64_t done = 0;
+    bool out_of_time = false;
+    while (done < request.iterations && !out_of_time) {
+        const uint64_t before = vmmlab_timer_count;
+        apic_write(base, kApicInitialCount, static_cast<uint32_t>(request.timer_ticks));
+        while (vmmlab_timer_count == before) {
+            asm volatile("sti\n\thlt\n\tcli" ::: "memory");
+            if (read_ticks() > deadline) break;
+        }
+        if (vmmlab_timer_count == before) break;
+        ++done;
+        out_of_time = read_ticks() > deadline;
+    }
+    m.ticks = read_ticks() - start;
+    apic_write(base, kApicLvtTimer, kLvtMasked | kernel::kTimerVector);
+    apic_write(base, kApicInitialCount, 0);
+    m.supported = true;
+    m.completed = done;
+    return m;
+}
+
+} // namespace
+
+Text name() {
+    return "the vmmlab guest";
+}
+
+Text cpu_noun() {
+    return "vCPUs";
+}
+
+void write(Text text) {
+    kernel::serial_write(text);
+}
+
+void fail(Text message) {
+    kernel::panic(message);
+}
+
+uint64_t tick_hz() {
+    return kernel::tick_hz();
+}
+
+bool tick_rate_known() {
+    return kernel::tick_rate_known();
+}
+
+unsigned cpu_count() {
+    return kernel::online_cpus();
+}
+
+unsigned cpus_expected() {
+    const uint32_t count = kernel::boot_info().vcpu_count;
+    return count == 0 ? 1 : count;
+}
+
+uint64_t memory_bytes() {
+    return g_free_memory.usable_bytes();
+}
+
+uint64_t page_size() {
+    return kernel::boot_info().page_size;
+}
+
+void* allocate(size_t bytes, size_t alignment) {
+    return reinterpret_cast<void*>(g_free_memory.allocate(bytes, alignment));
+}
+
+void release(void*) {
+    // Bump allocation: one workload per boot, memory is never given back.
+}
+
+uint64_t largest_free_block() {
+    return g_free_memory.largest_block();
+}
+
+void run_on_cpus(unsigned count, Job job, void* context) {
+    kernel::run_on_cpus(count, job, context);
+}
+
+ExitMeasurement measure_exits(const ExitRequest& request) {
+    switch (request.kind) {
+    case ExitKind::Pio:
+        return time_loop(request, [] {
+            asm volatile("outl %0, %1" ::"a"(0U), "d"(static_cast<uint16_t>(abi::kBenchPioPort)) : "memory");
+        });
+    case ExitKind::PioIoeventfd:
+        return time_loop(request, [] {
+            asm volatile("outl %0, %1" ::"a"(0U), "d"(static_cast<uint16_t>(abi::kBenchIoeventfdPort))
+                         : "memory");
+        });
+    case ExitKind::Mmio:
+        return time_loop(request, [] {
+            asm volatile("movl %0, (%1)" ::"a"(0U), "r"(abi::kBenchMmioAddress) : "memory");
+        });
+    case ExitKind::Cpuid:
+        return time_loop(request, [] { (void)cpuid(0); });
+    case ExitKind::Hypercall: {
+        // An unknown hypercall number: KVM answers -KVM_ENOSYS (-1000) in RAX without leaving the kernel.
+        constexpr uint64_t kUnknownHypercall = 0x7fff0000;
+        char vendor[13];
+        cpu_vendor(vendor);
+        const bool amd = Text{vendor} == Text{"AuthenticAMD"} || Text{vendor} == Text{"HygonGenuine"};
+        uint64_t rax = 0;
+        ExitMeasurement m;
+        if (amd) {
+            m = time_loop(request, [&rax] { asm volatile("vmmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory"); });
+            m.note = "VMMCALL (AMD)";
+        } else {
+            m = time_loop(request, [&rax] { asm volatile("vmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory"); });
+            m.note = "VMCALL (Intel)";
+        }
+        m.detail = static_cast<int64_t>(rax);
+        return m;
+    }
+    case ExitKind::Hlt:
+        return measure_hlt(request);
+    }
+    return {};
+}
+
+bool ioeventfd_bound() {
+    return (kernel::boot_info().flags & abi::kFlagIoeventfdBound) != 0;
+}
+
+} // namespace platform
+} // namespace vmmlab::guest

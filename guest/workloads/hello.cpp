@@ -1,0 +1,33 @@
+#include "guest/workloads/platform.hpp"
+#include "guest/workloads/workloads.hpp"
+
+namespace vmmlab::guest {
+
+int run_hello(const Args& args) {
+    constexpr Text kOptions[] = {"exit"};
+    uint64_t status = 0;
+    if (!args.only(kOptions) || !args.count("exit", 0, status)) return kExitUsage;
+    if (status > 255) {
+        args.error("exit must be 0..255");
+        return kExitUsage;
+    }
+    constexpr uint64_t kMiB = 1024 * 1024;
+    const unsigned online = platform::cpu_count();
+    Line line;
+    line.put("hello from ").put(platform::name()).put(": ").put_u64(online).put(' ').put(platform::cpu_noun());
+    line.put(", ").put_u64(platform::memory_bytes() / kMiB).put(" MiB RAM, page size ");
+    line.put_bytes(platform::page_size());
+    print_line(line);
+    if (online < platform::cpus_expected()) {
+        line.clear();
+        line.put("hello: only ").put_u64(online).put(" of ").put_u64(platform::cpus_expected());
+        line.put(' ').put(platform::cpu_noun()).put(" checked in within 1 s");
+        print_line(line);
+    }
+    report("hello", "vcpus_online", ResultValue::whole(online), "count");
+    report("hello", "memory", ResultValue::whole(platform::memory_bytes() / kMiB), "MiB");
+    report("hello", "page_size", ResultValue::whole(platform::page_size()), "bytes");
+    return static_cast<int>(status);
+}
+
+} // namespace vmmlab::guest

@@ -1,0 +1,71 @@
+// What a workload needs from the place it runs in. Two implementations: the guest kernel
+// (guest/kernel/platform_guest.cpp: serial port, BootInfo memory, vCPUs) and the host
+// (guest/native/platform_native.cpp: stdout, aligned_alloc, threads). Workload sources include only this.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "guest/workloads/text.hpp"
+
+namespace vmmlab::guest::platform {
+
+// "the vmmlab guest" or "vmmlab-native": who says hello; and what its CPUs are called ("vCPUs", "CPUs").
+Text name();
+Text cpu_noun();
+
+// Writes text as is (the caller adds the newline). Only one CPU writes at a time by convention: the
+// boot CPU / main thread.
+void write(Text text);
+
+// Ends the run with a panic: prints `message` and exits with status 70 (kExitPanic).
+[[noreturn]] void fail(Text message);
+
+// Time-stamp counter ticks per second. `tick_rate_known` is false where it had to be assumed.
+uint64_t tick_hz();
+bool tick_rate_known();
+
+// CPUs that can run work (vCPUs that checked in / host threads), and how many were expected.
+unsigned cpu_count();
+unsigned cpus_expected();
+
+// RAM for hello's report, and the page size that maps it (the guest's identity-map leaf size).
+uint64_t memory_bytes();
+uint64_t page_size();
+
+// Workload memory: nullptr when it does not fit. `alignment` is a power of two.
+void* allocate(size_t bytes, size_t alignment);
+void release(void* memory);
+// The biggest block allocate() could hand out now, for error messages; 0 when unknown.
+uint64_t largest_free_block();
+
+// Runs job(context, index, count) on CPUs 0..count-1 at once (the caller's CPU is index 0) and returns
+// when all are done. count <= cpu_count().
+using Job = void (*)(void* context, unsigned index, unsigned count);
+void run_on_cpus(unsigned count, Job job, void* context);
+
+// The VM-exit microbenchmarks. Only the guest can make most of these exits; natively the measurement
+// reports supported = false with a note (CPUID is the exception: it is timed natively as well).
+enum class ExitKind { Pio, PioIoeventfd, Mmio, Cpuid, Hypercall, Hlt };
+
+struct ExitRequest {
+    ExitKind kind = ExitKind::Pio;
+    uint64_t iterations = 0;
+    uint64_t budget_ticks = 0; // stop early (completed < iterations) once this much time has passed
+    uint64_t timer_ticks = 0;  // Hlt: LAPIC timer initial count (divide by 1)
+};
+
+struct ExitMeasurement {
+    bool supported = false;
+    uint64_t completed = 0; // round trips timed
+    uint64_t ticks = 0;     // TSC ticks for all of them
+    Text note;              // why not supported, or which instruction was used
+    int64_t detail = 0;     // Hypercall: the RAX the hypervisor returned
+};
+
+ExitMeasurement measure_exits(const ExitRequest& request);
+
+// Whether the ioeventfd bench port is really bound to an ioeventfd (BootInfo flag).
+bool ioeventfd_bound();
+
+} // namespace vmmlab::guest::platform

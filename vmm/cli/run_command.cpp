@@ -1,0 +1,282 @@
+#include "cli/run_command.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "arch/x86/host_cpu.hpp"
+#include "guest/embedded_image.hpp"
+
+namespace vmmlab::cli {
+
+void add_knob_flags(CLI::App& command, KnobFlags& flags) {
+    command.add_option("--profile", flags.profile, "untuned or tuned: the starting set of knob values")
+        ->capture_default_str();
+    command.add_option("--config", flags.config_file, "a JSON file of knob values (see --print-config)");
+    command.add_option("--cpus", flags.cpus, "number of vCPUs");
+    command.add_option("--memory", flags.memory, "guest RAM, e.g. 256M or 4G");
+    command.add_option("--backing", flags.backing, "host backing of guest RAM: 4k, thp, 2m, 1g");
+    command.add_flag("--prefault", flags.prefault, "fault all guest RAM in before the guest starts");
+    command.add_flag("--no-prefault", flags.no_prefault, "leave guest RAM to be faulted in on first touch");
+    command.add_option("--guest-page", flags.guest_page, "leaf size of the guest's identity map: 4k, 2m, 1g");
+    command.add_option("--pin", flags.pin, "host CPU of each vCPU, e.g. 0,1 or 2-3, or none");
+    command.add_option("--halt-poll", flags.halt_poll, "KVM halt polling: default, off, or nanoseconds");
+    command.add_option("--disable-exits", flags.disable_exits,
+                       "exits KVM stops taking: none or hlt,pause,mwait (needs --pin)");
+    command.add_option("--cpu-model", flags.cpu_model, "host (host topology and caches) or minimal");
+    command.add_option("--guest-cmdline", flags.guest_cmdline,
+                       "the guest's command line: workload and options");
+}
+
+std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus) {
+    const unsigned cpus = flags.cpus != 0 ? flags.cpus : 1;
+    auto config = profile_config(flags.profile, cpus, host_cpus);
+    if (!config) return config;
+    if (!flags.config_file.empty()) {
+        std::ifstream in(flags.config_file);
+        if (!in) return std::unexpected(fmt::format("config: {}: cannot open", flags.config_file));
+        auto json = nlohmann::json::parse(in, nullptr, false);
+        if (json.is_discarded())
+            return std::unexpected(fmt::format("config: {}: not valid JSON", flags.config_file));
+        config = apply_json(*config, json, host_cpus);
+        if (!config) return config;
+        if (flags.cpus != 0 && config->cpus != flags.cpus && config->pin.size() == config->cpus)
+            config->pin.clear(); // re-derived below for the new count
+    }
+    nlohmann::json overrides = nlohmann::json::object();
+    if (flags.cpus != 0) {
+        overrides["cpus"] = flags.cpus;
+        if (config->profile == "tuned" && flags.pin.empty())
+            overrides["pin"] = profile_config("tuned", flags.cpus, host_cpus)->pin;
+    }
+    auto set = [&](const char* key, const std::string& value) {
+        if (!value.empty()) overrides[key] = value;
+    };
+    set("memory", flags.memory);
+    set("backing", flags.backing);
+    set("guest_page", flags.guest_page);
+    set("pin", flags.pin);
+    set("halt_poll", flags.halt_poll);
+    set("disable_exits", flags.disable_exits);
+    set("cpu_model", flags.cpu_model);
+    set("guest_cmdline", flags.guest_cmdline);
+    if (flags.prefault) overrides["prefault"] = true;
+    if (flags.no_prefault) overrides["prefault"] = false;
+    auto result = apply_json(*config, overrides, host_cpus);
+    if (!result) {
+        // Name the flag, not the JSON key, for errors that came from the command line.
+        std::string message = result.error();
+        if (message.starts_with("config: ")) message = "--" + message.substr(8);
+        for (auto& c : message)
+            if (c == '_' && &c < message.data() + message.find(':')) c = '-';
+        return std::unexpected(message);
+    }
+    return result;
+}
+
+std::string describe_exits(const RunReport& report) {
+    std::string out;
+    for (std::size_t vcpu = 0; vcpu < report.exit_counts.size(); ++vcpu) {
+        std::string line;
+        std::uint64_t total = 0;
+        const auto& counts = report.exit_counts[vcpu].by_kind;
+        for (std::size_t kind = 0; kind < counts.size(); ++kind) {
+            if (counts[kind] == 0) continue;
+            total += counts[kind];
+            line += fmt::format("{}{} {}", line.empty() ? "" : ", ", exit_kind_name(kind), counts[kind]);
+        }
+        out += fmt::format("vCPU {}: {} userspace exits ({})\n", vcpu, total, line.empty() ? "none" : line);
+    }
+    if (report.unclaimed_pio + report.unclaimed_mmio > 0)
+        out +=
+            fmt::format("unclaimed accesses: {} PIO, {} MMIO\n", report.unclaimed_pio, report.unclaimed_mmio);
+    return out;
+}
+
+int run_command(const KnobFlags& flags, const RunOptions& options) {
+    auto config = build_config(flags, x86::read_host_cpu().logical_cpus);
+    if (!config) {
+        std::fprintf(stderr, "vmmlab: %s\n", config.error().c_str());
+        return 2;
+    }
+    if (options.print_config) {
+        std::printf("%s\n", to_json(*config).dump(2).c_str());
+        return 0;
+    }
+    if (!options.quiet_config) std::fprintf(stderr, "vmmlab: config: %s\n", describe(*config).c_str());
+    Vm vm(*config, embedded_guest_image());
+    auto report = vm.run();
+    std::fprintf(stderr, "vmmlab: %s; exit status %d\n", report.stop_reason.c_str(), report.exit_status);
+    std::fprintf(stderr, "vmmlab: memory: %s\n", report.achieved_backing.c_str());
+    std::fputs(describe_exits(report).c_str(), stderr);
+    if (options.boot_time) {
+        std::fprintf(stderr, "vmmlab: boot time: process start -> VM set up %.0f us -> first KVM_RUN %.0f us",
+                     report.setup_done_us, report.first_run_us);
+        if (report.init_marker_us >= 0)
+            std::fprintf(stderr, " -> init marker %.0f us", report.init_marker_us);
+        std::fprintf(stderr, " -> VM end %.0f us\n", report.end_us);
+    }
+    return report.exit_status;
+}
+
+} // namespace vmmlab::cli
+
+namespace vmmlab::cli {
+
+namespace {
+struct Series {
+    std::string unit;
+    std::vector<double> values;
+    double mean() const {
+        double sum = 0;
+        for (double v : values)
+            sum += v;
+        return values.empty() ? 0 : sum / static_cast<double>(values.size());
+    }
+    double spread() const { // sample standard deviation
+        if (values.size() < 2) return 0;
+        double m = mean(), sum = 0;
+        for (double v : values)
+            sum += (v - m) * (v - m);
+        return std::sqrt(sum / static_cast<double>(values.size() - 1));
+    }
+};
+using Column = std::map<std::string, Series>; // "workload.metric" -> values
+
+void add_results(Column& column, const std::vector<GuestResult>& results) {
+    for (const auto& result : results) {
+        auto& series = column[result.workload + "." + result.metric];
+        series.unit = result.unit;
+        series.values.push_back(result.value);
+    }
+}
+
+std::string native_program() {
+    std::error_code error;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", error);
+    auto native = self.parent_path() / "vmmlab-native";
+    return !error && std::filesystem::exists(native) ? native.string() : std::string{};
+}
+
+std::expected<std::vector<GuestResult>, std::string> run_native(const std::string& program,
+                                                                const std::string& workload) {
+    std::string command = program;
+    std::istringstream words(workload);
+    for (std::string word; words >> word;)
+        command += " '" + word + "'";
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (pipe == nullptr) return std::unexpected("cannot start " + program);
+    std::vector<GuestResult> results;
+    char line[4096];
+    while (std::fgets(line, sizeof line, pipe) != nullptr) {
+        std::string_view text(line);
+        while (!text.empty() && (text.back() == '\n' || text.back() == '\r'))
+            text.remove_suffix(1);
+        if (auto result = parse_result_line(text)) results.push_back(*result);
+    }
+    int status = ::pclose(pipe);
+    if (status != 0) return std::unexpected(fmt::format("{} exited with status {}", command, status));
+    return results;
+}
+} // namespace
+
+int compare_command(const KnobFlags& flags, const CompareOptions& options) {
+    const unsigned host_cpus = x86::read_host_cpu().logical_cpus;
+    std::vector<std::pair<std::string, Column>> columns;
+    const std::string native = options.native ? native_program() : std::string{};
+    if (!native.empty()) columns.emplace_back("native", Column{});
+    columns.emplace_back("untuned", Column{});
+    columns.emplace_back("tuned", Column{});
+    std::map<std::string, std::pair<std::uint64_t, double>> exits; // column -> exits, seconds
+
+    for (auto& [name, column] : columns) {
+        if (name == "native") continue;
+        KnobFlags column_flags = flags;
+        column_flags.profile = name;
+        column_flags.guest_cmdline = options.workload;
+        auto config = build_config(column_flags, host_cpus);
+        if (!config) {
+            std::fprintf(stderr, "vmmlab: %s\n", config.error().c_str());
+            return 2;
+        }
+        std::fprintf(stderr, "vmmlab: %s: %s\n", name.c_str(), describe(*config).c_str());
+    }
+    // Interleave the columns run by run, so a drift in machine speed hits all of them alike.
+    for (unsigned run = 0; run < options.runs; ++run) {
+        for (auto& [name, column] : columns) {
+            std::vector<GuestResult> results;
+            if (name == "native") {
+                auto native_results = run_native(native, options.workload);
+                if (!native_results) {
+                    std::fprintf(stderr, "vmmlab: native: %s\n", native_results.error().c_str());
+                    return 1;
+                }
+                results = *native_results;
+            } else {
+                KnobFlags column_flags = flags;
+                column_flags.profile = name;
+                column_flags.guest_cmdline = options.workload;
+                auto config = build_config(column_flags, host_cpus).value();
+                Vm vm(config, embedded_guest_image(), ConsoleOptions{[](std::span<const std::byte>) {}});
+                auto report = vm.run();
+                if (report.exit_status != 0) {
+                    std::fprintf(stderr, "vmmlab: %s run %u: %s, exit status %d\n", name.c_str(), run + 1,
+                                 report.stop_reason.c_str(), report.exit_status);
+                    return 1;
+                }
+                results = report.results;
+                auto& [count, seconds] = exits[name];
+                for (const auto& counts : report.exit_counts)
+                    for (auto n : counts.by_kind)
+                        count += n;
+                seconds += (report.end_us - report.first_run_us) / 1e6;
+            }
+            add_results(column, results);
+            std::fprintf(stderr, "vmmlab: %s run %u/%u done\n", name.c_str(), run + 1, options.runs);
+        }
+    }
+
+    std::printf("workload: %s, %u runs per column (mean ± sample standard deviation%s)\n\n",
+                options.workload.c_str(), options.runs, native.empty() ? "" : "; % of native");
+    std::string header = fmt::format("| {:<28} | {:<8} |", "metric", "unit");
+    for (const auto& [name, column] : columns)
+        header += fmt::format(" {:>26} |", name);
+    std::printf("%s\n|%s|%s|", header.c_str(), std::string(30, '-').c_str(), std::string(10, '-').c_str());
+    for (std::size_t i = 0; i < columns.size(); ++i)
+        std::printf("%s|", std::string(28, '-').c_str());
+    std::printf("\n");
+    const Column& reference = columns.back().second;
+    for (const auto& [metric, series] : reference) {
+        std::string row = fmt::format("| {:<28} | {:<8} |", metric, series.unit);
+        const Series* native_series = nullptr;
+        if (!native.empty())
+            if (auto found = columns.front().second.find(metric); found != columns.front().second.end())
+                native_series = &found->second;
+        for (const auto& [name, column] : columns) {
+            auto found = column.find(metric);
+            if (found == column.end()) {
+                row += fmt::format(" {:>26} |", "-");
+                continue;
+            }
+            std::string cell = fmt::format("{:.4g} ± {:.2g}", found->second.mean(), found->second.spread());
+            if (native_series != nullptr && name != "native" && native_series->mean() != 0)
+                cell += fmt::format(" ({:.0f}%)", 100.0 * found->second.mean() / native_series->mean());
+            row += fmt::format(" {:>26} |", cell);
+        }
+        std::printf("%s\n", row.c_str());
+    }
+    std::printf("\nuserspace exits per second of guest run time:");
+    for (const auto& [name, totals] : exits)
+        std::printf(" %s %.0f;", name.c_str(),
+                    totals.second > 0 ? static_cast<double>(totals.first) / totals.second : 0);
+    std::printf("\n");
+    return 0;
+}
+
+} // namespace vmmlab::cli

@@ -1,0 +1,45 @@
+// `vmmlab run` and `vmmlab compare`: knob flags -> VmConfig -> a VM running the embedded guest.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <expected>
+#include <string>
+#include <vector>
+
+#include "config/vm_config.hpp"
+#include "vm/vm.hpp"
+
+namespace vmmlab::cli {
+
+// Knob flags as given; an empty string means "not given" (the profile's or the file's value stays).
+struct KnobFlags {
+    std::string profile = "untuned";
+    std::string config_file;
+    unsigned cpus = 0;
+    std::string memory, backing, guest_page, pin, halt_poll, disable_exits, cpu_model, guest_cmdline;
+    bool prefault = false, no_prefault = false;
+};
+
+void add_knob_flags(CLI::App& command, KnobFlags& flags);
+
+// Profile first, then the JSON file, then each flag given. Every error is one line naming the knob.
+std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus);
+
+struct RunOptions {
+    bool print_config = false; // print the effective config as JSON and exit
+    bool boot_time = false;    // print process start -> first instruction -> init -> end
+    bool quiet_config = false;
+};
+int run_command(const KnobFlags& flags, const RunOptions& options);
+
+struct CompareOptions {
+    std::string workload = "stream size=64M";
+    unsigned runs = 3;
+    bool native = true;
+};
+int compare_command(const KnobFlags& flags, const CompareOptions& options);
+
+// A one-paragraph summary of exits per kind and vCPU, for the end of a run.
+std::string describe_exits(const RunReport& report);
+
+} // namespace vmmlab::cli

@@ -1,0 +1,305 @@
+#include "config/vm_config.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace vmmlab {
+
+namespace {
+using std::unexpected;
+
+std::expected<std::uint64_t, std::string> parse_number(std::string_view text) {
+    std::uint64_t value = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (error != std::errc{} || end != text.data() + text.size() || text.empty())
+        return unexpected(fmt::format("'{}' is not a number", text));
+    return value;
+}
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+    std::vector<std::string_view> parts;
+    while (true) {
+        auto at = text.find(separator);
+        parts.push_back(text.substr(0, at));
+        if (at == std::string_view::npos) return parts;
+        text.remove_prefix(at + 1);
+    }
+}
+
+template <typename T>
+std::expected<T, std::string> with_key(std::string_view key, std::expected<T, std::string> result) {
+    if (!result) return unexpected(fmt::format("{}: {}", key, result.error()));
+    return result;
+}
+} // namespace
+
+std::expected<std::uint64_t, std::string> parse_size(std::string_view text) {
+    std::uint64_t shift = 0;
+    if (!text.empty()) {
+        switch (text.back()) {
+        case 'K':
+        case 'k':
+            shift = 10;
+            break;
+        case 'M':
+        case 'm':
+            shift = 20;
+            break;
+        case 'G':
+        case 'g':
+            shift = 30;
+            break;
+        case 'T':
+        case 't':
+            shift = 40;
+            break;
+        default:
+            break;
+        }
+    }
+    auto number = parse_number(shift != 0 ? text.substr(0, text.size() - 1) : text);
+    if (!number || (*number << shift) >> shift != *number)
+        return unexpected(fmt::format("'{}' is not a size (use e.g. 256M or 2G)", text));
+    return *number << shift;
+}
+
+std::expected<Backing, std::string> parse_backing(std::string_view text) {
+    for (auto backing : {Backing::Anonymous4K, Backing::Thp, Backing::Hugetlb2M, Backing::Hugetlb1G})
+        if (text == to_string(backing)) return backing;
+    return unexpected(fmt::format("'{}' is not a backing (4k, thp, 2m, 1g)", text));
+}
+
+std::expected<PageSize, std::string> parse_guest_page(std::string_view text) {
+    for (auto size : {PageSize::k4K, PageSize::k2M, PageSize::k1G})
+        if (text == to_string(size)) return size;
+    return unexpected(fmt::format("'{}' is not a guest page size (4k, 2m, 1g)", text));
+}
+
+std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_view text) {
+    std::vector<unsigned> cpus;
+    if (text == "none" || text.empty()) return cpus;
+    for (auto part : split(text, ',')) {
+        auto dash = part.find('-');
+        auto first = parse_number(part.substr(0, dash));
+        auto last = dash == std::string_view::npos ? first : parse_number(part.substr(dash + 1));
+        if (!first || !last || *last < *first || *last > 4095)
+            return unexpected(fmt::format("'{}' is not a CPU list (e.g. 0,2-3 or none)", text));
+        for (auto cpu = *first; cpu <= *last; ++cpu)
+            cpus.push_back(static_cast<unsigned>(cpu));
+    }
+    return cpus;
+}
+
+std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text) {
+    if (text == "default") return HaltPoll{};
+    if (text == "off") return HaltPoll{HaltPoll::Mode::Off, 0};
+    std::string_view digits = text.ends_with("ns") ? text.substr(0, text.size() - 2) : text;
+    auto number = parse_number(digits);
+    if (!number || *number > 0xffffffffULL)
+        return unexpected(
+            fmt::format("'{}' is not a halt-poll setting (default, off, or nanoseconds)", text));
+    return HaltPoll{HaltPoll::Mode::Nanoseconds, *number};
+}
+
+std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text) {
+    DisabledExits exits;
+    if (text == "none" || text.empty()) return exits;
+    for (auto part : split(text, ',')) {
+        if (part == "hlt")
+            exits.hlt = true;
+        else if (part == "pause")
+            exits.pause = true;
+        else if (part == "mwait")
+            exits.mwait = true;
+        else
+            return unexpected(fmt::format("'{}' is not an exit kind (hlt, pause, mwait, or none)", part));
+    }
+    return exits;
+}
+
+std::expected<CpuModelKnob, std::string> parse_cpu_model(std::string_view text) {
+    if (text == "host") return CpuModelKnob::HostPassthrough;
+    if (text == "minimal") return CpuModelKnob::Minimal;
+    return unexpected(fmt::format("'{}' is not a CPU model (host, minimal)", text));
+}
+
+std::string to_string(PageSize size) {
+    switch (size) {
+    case PageSize::k2M:
+        return "2m";
+    case PageSize::k1G:
+        return "1g";
+    case PageSize::k4K:
+        break;
+    }
+    return "4k";
+}
+
+std::string to_string(const HaltPoll& halt_poll) {
+    switch (halt_poll.mode) {
+    case HaltPoll::Mode::Off:
+        return "off";
+    case HaltPoll::Mode::Nanoseconds:
+        return std::to_string(halt_poll.nanoseconds);
+    case HaltPoll::Mode::KernelDefault:
+        break;
+    }
+    return "default";
+}
+
+std::string to_string(const DisabledExits& exits) {
+    std::vector<std::string_view> names;
+    if (exits.hlt) names.push_back("hlt");
+    if (exits.pause) names.push_back("pause");
+    if (exits.mwait) names.push_back("mwait");
+    return names.empty() ? "none" : fmt::format("{}", fmt::join(names, ","));
+}
+
+std::string to_string(CpuModelKnob model) {
+    return model == CpuModelKnob::HostPassthrough ? "host" : "minimal";
+}
+
+std::expected<VmConfig, std::string> profile_config(std::string_view name, unsigned cpus,
+                                                    unsigned host_cpus) {
+    VmConfig config;
+    config.cpus = cpus;
+    if (name == "untuned") {
+        config.profile = "untuned"; // every knob at the value a default KVM set-up has
+        return config;
+    }
+    if (name != "tuned")
+        return unexpected(fmt::format("profile: '{}' is not a profile (untuned, tuned)", name));
+    // The tuning that mattered in Felter et al. 2014: pinning, the host's cache topology, large pages.
+    config.profile = "tuned";
+    config.cpu_model = CpuModelKnob::HostPassthrough;
+    config.backing = Backing::Thp;
+    config.prefault = true;
+    config.guest_page = PageSize::k2M;
+    for (unsigned i = 0; i < cpus; ++i)
+        config.pin.push_back(host_cpus == 0 ? i : i % host_cpus);
+    return config;
+}
+
+std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann::json& json,
+                                                unsigned host_cpus) {
+    if (!json.is_object()) return unexpected("config: the top level must be a JSON object");
+    // A profile names the starting values; the file's other keys override it whatever their order.
+    if (auto profile = json.find("profile"); profile != json.end()) {
+        if (!profile->is_string()) return unexpected("config: profile: must be a string");
+        auto cpus = json.value("cpus", nlohmann::json(config.cpus));
+        auto base = profile_config(profile->get<std::string>(),
+                                   cpus.is_number_unsigned() ? cpus.get<unsigned>() : 1, host_cpus);
+        if (!base) return unexpected("config: " + base.error());
+        config = *base;
+    }
+    for (const auto& [key, value] : json.items()) {
+        // Every knob accepts the same text as its command-line flag; numbers are allowed where natural.
+        const std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+        auto fail = [&](const std::string& why) {
+            return unexpected(fmt::format("config: {}: {}", key, why));
+        };
+        if (key == "profile") {
+            continue; // applied first, above
+        } else if (key == "cpus") {
+            if (!value.is_number_unsigned() || value.get<std::uint64_t>() == 0 ||
+                value.get<std::uint64_t>() > 288)
+                return fail(fmt::format("'{}' is not a vCPU count (1 to 288)", text));
+            config.cpus = value.get<unsigned>();
+        } else if (key == "memory") {
+            auto size = value.is_number_unsigned()
+                            ? std::expected<std::uint64_t, std::string>(value.get<std::uint64_t>())
+                            : parse_size(text);
+            if (!size) return fail(size.error());
+            config.memory = *size;
+        } else if (key == "backing") {
+            auto backing = parse_backing(text);
+            if (!backing) return fail(backing.error());
+            config.backing = *backing;
+        } else if (key == "prefault") {
+            if (!value.is_boolean()) return fail(fmt::format("'{}' is not true or false", text));
+            config.prefault = value.get<bool>();
+        } else if (key == "guest_page") {
+            auto page = parse_guest_page(text);
+            if (!page) return fail(page.error());
+            config.guest_page = *page;
+        } else if (key == "pin") {
+            std::string list = text;
+            if (value.is_array()) {
+                list.clear();
+                for (const auto& cpu : value) {
+                    if (!cpu.is_number_unsigned()) return fail(fmt::format("'{}' is not a CPU list", text));
+                    list += (list.empty() ? "" : ",") + cpu.dump();
+                }
+            }
+            auto cpus = parse_cpu_list(list);
+            if (!cpus) return fail(cpus.error());
+            config.pin = *cpus;
+        } else if (key == "halt_poll") {
+            auto halt_poll = parse_halt_poll(text);
+            if (!halt_poll) return fail(halt_poll.error());
+            config.halt_poll = *halt_poll;
+        } else if (key == "disable_exits") {
+            auto exits = parse_disabled_exits(text);
+            if (!exits) return fail(exits.error());
+            config.disable_exits = *exits;
+        } else if (key == "cpu_model") {
+            auto model = parse_cpu_model(text);
+            if (!model) return fail(model.error());
+            config.cpu_model = *model;
+        } else if (key == "guest_cmdline") {
+            if (!value.is_string()) return fail("must be a string");
+            config.guest_cmdline = text;
+        } else {
+            return unexpected(fmt::format("config: unknown key '{}'", key));
+        }
+    }
+    return config;
+}
+
+nlohmann::json to_json(const VmConfig& config) {
+    return {
+        {"profile", config.profile},
+        {"cpus", config.cpus},
+        {"memory", config.memory},
+        {"backing", std::string(to_string(config.backing))},
+        {"prefault", config.prefault},
+        {"guest_page", to_string(config.guest_page)},
+        {"pin", config.pin},
+        {"halt_poll", to_string(config.halt_poll)},
+        {"disable_exits", to_string(config.disable_exits)},
+        {"cpu_model", to_string(config.cpu_model)},
+        {"guest_cmdline", config.guest_cmdline},
+    };
+}
+
+std::expected<void, std::string> validate(const VmConfig& config, bool host_has_pdpe1gb) {
+    if (config.cpus == 0) return unexpected("cpus: at least one vCPU");
+    if (config.memory < (16ULL << 20) || config.memory % 4096 != 0)
+        return unexpected(
+            fmt::format("memory: {} bytes; need at least 16M, in whole 4K pages", config.memory));
+    if (!config.pin.empty() && config.pin.size() != config.cpus)
+        return unexpected(fmt::format("pin: {} host CPUs listed for {} vCPUs; list one per vCPU",
+                                      config.pin.size(), config.cpus));
+    if (config.disable_exits.any() && config.pin.empty())
+        return unexpected(
+            "disable-exits: refused without --pin: a vCPU that never exits on HLT/PAUSE must own its "
+            "host CPU");
+    if (config.guest_page == PageSize::k1G && !host_has_pdpe1gb)
+        return unexpected("guest-page: 1g needs 1 GiB page support (pdpe1gb), which this CPU lacks");
+    return {};
+}
+
+std::string describe(const VmConfig& config) {
+    std::string pin = config.pin.empty() ? "none" : fmt::format("{}", fmt::join(config.pin, ","));
+    return fmt::format(
+        "profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | halt-poll {} | "
+        "disable-exits {} | cpu-model {} | guest-cmdline \"{}\"",
+        config.profile, config.cpus, config.memory >> 20, to_string(config.backing),
+        config.prefault ? " (prefault)" : "", to_string(config.guest_page), pin, to_string(config.halt_poll),
+        to_string(config.disable_exits), to_string(config.cpu_model), config.guest_cmdline);
+}
+
+} // namespace vmmlab

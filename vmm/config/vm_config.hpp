@@ -1,0 +1,77 @@
+// VmConfig: every knob of a run in one value. Named profiles (untuned, tuned) are sets of knob values;
+// a JSON file and command-line flags override them, in that order. Everything a user can get wrong
+// comes back as a one-line error naming the key and the accepted values.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "memory/backing.hpp"
+#include "memory/page_tables.hpp"
+
+namespace vmmlab {
+
+enum class CpuModelKnob { HostPassthrough, Minimal };
+
+struct HaltPoll {
+    enum class Mode { KernelDefault, Off, Nanoseconds } mode = Mode::KernelDefault;
+    std::uint64_t nanoseconds = 0;
+    bool operator==(const HaltPoll&) const = default;
+};
+
+struct DisabledExits {
+    bool hlt = false, pause = false, mwait = false;
+    bool any() const { return hlt || pause || mwait; }
+    bool operator==(const DisabledExits&) const = default;
+};
+
+struct VmConfig {
+    std::string profile = "untuned";
+    unsigned cpus = 1;
+    std::uint64_t memory = 256ULL << 20;
+    Backing backing = Backing::Anonymous4K;
+    bool prefault = false;
+    PageSize guest_page = PageSize::k4K;
+    std::vector<unsigned> pin; // host CPU of vCPU i; empty: not pinned
+    HaltPoll halt_poll;
+    DisabledExits disable_exits;
+    CpuModelKnob cpu_model = CpuModelKnob::Minimal;
+    std::string guest_cmdline = "hello";
+    bool operator==(const VmConfig&) const = default;
+};
+
+// "untuned" or "tuned" for a VM of `cpus` vCPUs on a host of `host_cpus` CPUs.
+std::expected<VmConfig, std::string> profile_config(std::string_view name, unsigned cpus, unsigned host_cpus);
+
+// Overlays the keys present in `json` on `base`; unknown keys are errors. A "profile" key first resets
+// `base` to that profile (for a host of `host_cpus` CPUs), whatever the key order.
+std::expected<VmConfig, std::string> apply_json(VmConfig base, const nlohmann::json& json,
+                                                unsigned host_cpus = 0);
+nlohmann::json to_json(const VmConfig& config);
+
+// Cross-field rules: pin list length, exits disabled only with pinning, 1G guest pages need pdpe1gb...
+std::expected<void, std::string> validate(const VmConfig& config, bool host_has_pdpe1gb);
+
+// Knob value parsers shared by the JSON loader and the command line.
+std::expected<std::uint64_t, std::string> parse_size(std::string_view text);             // 256M, 2G, 4096
+std::expected<Backing, std::string> parse_backing(std::string_view text);                // 4k thp 2m 1g
+std::expected<PageSize, std::string> parse_guest_page(std::string_view text);            // 4k 2m 1g
+std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_view text); // 0,2-3 or none
+std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text);             // default off 200000
+std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text);   // none hlt,pause
+std::expected<CpuModelKnob, std::string> parse_cpu_model(std::string_view text);         // host minimal
+
+std::string to_string(PageSize size);
+std::string to_string(const HaltPoll& halt_poll);
+std::string to_string(const DisabledExits& exits);
+std::string to_string(CpuModelKnob model);
+
+// The effective configuration, one knob per line, as every run prints it.
+std::string describe(const VmConfig& config);
+
+} // namespace vmmlab

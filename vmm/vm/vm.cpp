@@ -1,0 +1,268 @@
+#include "vm/vm.hpp"
+
+#include <charconv>
+#include <cstdio>
+#include <mutex>
+
+#include <cpuid.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "arch/x86/host_cpu.hpp"
+#include "arch/x86/long_mode.hpp"
+#include "base/error.hpp"
+#include "base/unique_fd.hpp"
+#include "boot/tiny_guest.hpp"
+#include "bus/interrupt_line.hpp"
+#include "cpu/vcpu_thread.hpp"
+#include "devices/legacy/debug_ports.hpp"
+#include "devices/legacy/serial.hpp"
+#include "guest/abi/boot_abi.hpp"
+#include "kvm/capabilities.hpp"
+#include "kvm/kvm.hpp"
+#include "memory/backing.hpp"
+
+namespace vmmlab {
+
+namespace {
+const auto kProcessStart = std::chrono::steady_clock::now(); // static initialisation, before main()
+
+double microseconds_since(std::chrono::steady_clock::time_point when) {
+    return std::chrono::duration<double, std::micro>(when - kProcessStart).count();
+}
+
+// Platform pages KVM needs inside the 32-bit PCI hole (VMX real-mode emulation), away from devices.
+constexpr std::uint64_t kIdentityMapPage = 0xfeffc000;
+constexpr std::uint64_t kTssPages = 0xfeffd000;
+constexpr std::uint32_t kSerialGsi = 4;
+
+class KvmIrqLine final : public InterruptLine {
+public:
+    KvmIrqLine(kvm::VmFd& vm, std::uint32_t gsi) : vm_(vm), gsi_(gsi) {}
+    void set_level(bool high) override { vm_.set_irq_line(gsi_, high); }
+
+private:
+    kvm::VmFd& vm_;
+    std::uint32_t gsi_;
+};
+
+bool host_has_avx() {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    __cpuid(1, eax, ebx, ecx, edx);
+    return (ecx & (1U << 28)) != 0 && (ecx & (1U << 27)) != 0; // AVX and OSXSAVE
+}
+
+void apply_vm_knobs(const VmConfig& config, kvm::VmFd& vm) {
+    if (config.halt_poll.mode != HaltPoll::Mode::KernelDefault) {
+        if (vm.check_extension(KVM_CAP_HALT_POLL) <= 0)
+            throw SystemError("--halt-poll " + to_string(config.halt_poll) + ": KVM_CAP_HALT_POLL missing",
+                              ENOTSUP, "this kernel cannot set halt polling per VM");
+        const std::uint64_t ns =
+            config.halt_poll.mode == HaltPoll::Mode::Off ? 0 : config.halt_poll.nanoseconds;
+        vm.enable_cap(KVM_CAP_HALT_POLL, std::array{ns});
+    }
+    if (config.disable_exits.any()) {
+        const int supported = vm.check_extension(KVM_CAP_X86_DISABLE_EXITS);
+        std::uint64_t wanted = (config.disable_exits.hlt ? KVM_X86_DISABLE_EXITS_HLT : 0) |
+                               (config.disable_exits.pause ? KVM_X86_DISABLE_EXITS_PAUSE : 0) |
+                               (config.disable_exits.mwait ? KVM_X86_DISABLE_EXITS_MWAIT : 0);
+        if ((wanted & ~static_cast<std::uint64_t>(supported)) != 0)
+            throw SystemError("--disable-exits " + to_string(config.disable_exits) + ": KVM offers only " +
+                                  kvm::describe_capability_value(KVM_CAP_X86_DISABLE_EXITS, supported),
+                              ENOTSUP);
+        vm.enable_cap(KVM_CAP_X86_DISABLE_EXITS, std::array{wanted});
+    }
+}
+} // namespace
+
+double microseconds_since_process_start() {
+    return microseconds_since(std::chrono::steady_clock::now());
+}
+
+std::optional<GuestResult> parse_result_line(std::string_view line) {
+    constexpr std::string_view prefix = abi::kResultPrefix;
+    if (!line.starts_with(prefix)) return std::nullopt;
+    line.remove_prefix(prefix.size());
+    GuestResult result;
+    bool has_value = false;
+    while (!line.empty()) {
+        auto space = line.find(' ');
+        auto field = line.substr(0, space);
+        line = space == std::string_view::npos ? std::string_view{} : line.substr(space + 1);
+        auto equals = field.find('=');
+        if (equals == std::string_view::npos) continue;
+        auto key = field.substr(0, equals), value = field.substr(equals + 1);
+        if (key == "workload")
+            result.workload = value;
+        else if (key == "metric")
+            result.metric = value;
+        else if (key == "unit")
+            result.unit = value;
+        else if (key == "value") {
+            // from_chars for double is in libstdc++ 11+.
+            auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), result.value);
+            has_value = error == std::errc{} && end == value.data() + value.size();
+        } else if (key == "vcpu") {
+            std::from_chars(value.data(), value.data() + value.size(), result.vcpu);
+        }
+    }
+    if (!has_value || result.workload.empty() || result.metric.empty()) return std::nullopt;
+    return result;
+}
+
+struct Vm::State {
+    VmConfig config;
+    kvm::KvmSystem system;
+    kvm::VmFd vm;
+    GuestMemory memory;
+    RunControl control;
+    UnclaimedAccesses unclaimed;
+    PioBus pio;
+    MmioBus mmio;
+    std::mutex output_mutex;
+    std::vector<GuestResult> results;
+    devices::SerialLineTap tap;
+    ConsoleOptions console;
+    KvmIrqLine serial_irq;
+    devices::Uart16550 serial;
+    devices::ExitPort exit_port{control};
+    devices::BootMarker boot_marker;
+    devices::BenchSink bench_pio{"bench-pio"};
+    devices::BenchSink bench_ioeventfd{"bench-ioeventfd"};
+    devices::BenchSink bench_mmio{"bench-mmio"};
+    UniqueFd bench_eventfd;
+    std::vector<std::unique_ptr<VcpuThread>> vcpus;
+    double setup_done_us = 0;
+
+    State(const VmConfig& vm_config, ConsoleOptions console_options)
+        : config(vm_config), system(kvm::KvmSystem::open()), vm(system.create_vm()),
+          tap([this](const devices::SerialLineTap::Line& line) {
+              if (auto result = parse_result_line(line.text);
+                  result && line.complete && !line.continues_previous)
+                  results.push_back(*result);
+          }),
+          console(std::move(console_options)), serial_irq(vm, kSerialGsi),
+          serial(
+              "serial0", [this](std::span<const std::byte> bytes) { on_serial_output(bytes); }, serial_irq) {}
+
+    void on_serial_output(std::span<const std::byte> bytes) {
+        std::lock_guard lock(output_mutex);
+        tap.feed(bytes);
+        if (console.output)
+            console.output(bytes);
+        else {
+            std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+            std::fflush(stdout);
+        }
+    }
+};
+
+Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console)
+    : state_(std::make_unique<State>(config, std::move(console))) {
+    auto& s = *state_;
+    kvm::require_capabilities(s.system);
+    const auto host = x86::read_host_cpu();
+    if (auto valid = validate(config, host.pdpe1gb); !valid) throw SystemError(valid.error(), EINVAL);
+
+    s.vm.set_identity_map_address(kIdentityMapPage);
+    s.vm.set_tss_address(kTssPages);
+    s.vm.create_irqchip();
+    s.vm.create_pit2();
+    apply_vm_knobs(config, s.vm);
+
+    s.memory = allocate_guest_ram(config.memory, {.backing = config.backing, .prefault = config.prefault});
+    std::uint32_t slot = 0;
+    for (const auto& region : s.memory.regions())
+        s.vm.set_user_memory_region(slot++, region.start.value, region.size, region.host);
+
+    auto insert = [](auto& bus, auto base, std::uint64_t size, Device& device) {
+        if (auto inserted = bus.insert(base, size, device); !inserted)
+            throw SystemError(inserted.error(), EEXIST);
+    };
+    insert(s.pio, PioAddress{abi::kSerialPort}, 8, s.serial);
+    insert(s.pio, PioAddress{abi::kExitPort}, 4, s.exit_port);
+    insert(s.pio, PioAddress{abi::kBootMarkerPort}, 1, s.boot_marker);
+    insert(s.pio, PioAddress{abi::kBenchPioPort}, 4, s.bench_pio);
+    insert(s.pio, PioAddress{abi::kBenchIoeventfdPort}, 4, s.bench_ioeventfd);
+    insert(s.mmio, MmioAddress{abi::kBenchMmioAddress}, 0x1000, s.bench_mmio);
+    std::uint32_t flags = 0;
+    if (s.system.check_extension(KVM_CAP_IOEVENTFD) > 0) {
+        s.bench_eventfd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!s.bench_eventfd) throw SystemError("eventfd", errno);
+        s.vm.add_pio_ioeventfd(abi::kBenchIoeventfdPort, 4, s.bench_eventfd.get());
+        flags |= abi::kFlagIoeventfdBound;
+    }
+
+    const bool avx = host_has_avx();
+    const auto supported = s.system.supported_cpuid();
+    for (unsigned id = 0; id < config.cpus; ++id) {
+        auto vcpu = s.vm.create_vcpu(id);
+        vcpu.set_cpuid(supported);
+        std::optional<unsigned> pin;
+        if (!config.pin.empty()) pin = config.pin[id];
+        s.vcpus.push_back(std::make_unique<VcpuThread>(std::move(vcpu), pin));
+    }
+
+    TinyGuestParams params{.vcpus = config.cpus,
+                           .guest_page = config.guest_page,
+                           .command_line = config.guest_cmdline,
+                           .tsc_khz = s.vcpus[0]->fd().tsc_khz(),
+                           .flags = flags};
+    auto layout = prepare_tiny_guest(s.memory, guest_image, params);
+    if (!layout) throw SystemError(layout.error(), EINVAL);
+
+    for (unsigned id = 0; id < config.cpus; ++id) {
+        auto& vcpu = s.vcpus[id]->fd();
+        vcpu.set_sregs(x86::long_mode_sregs(
+            vcpu.sregs(), {.cr3 = layout->cr3, .gdt = GuestAddress{abi::kGdtAddress}, .osxsave = avx}));
+        if (avx) vcpu.set_xcr0(x86::kXcr0X87 | x86::kXcr0Sse | x86::kXcr0Avx);
+        vcpu.set_regs(layout->vcpu_regs[id]);
+        // With the in-kernel LAPIC, application processors wait for INIT/SIPI; ours start directly.
+        if (id != 0) vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE);
+    }
+    s.control.set_on_stop([&s] {
+        for (auto& vcpu : s.vcpus)
+            vcpu->kick();
+    });
+    s.setup_done_us = microseconds_since_process_start();
+    spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
+}
+
+Vm::~Vm() {
+    if (!state_) return;
+    state_->control.request_stop(state_->control.status(), "the monitor is shutting down");
+    for (auto& vcpu : state_->vcpus)
+        vcpu->join();
+}
+
+RunReport Vm::run() {
+    auto& s = *state_;
+    RunReport report;
+    report.setup_done_us = s.setup_done_us;
+    report.first_run_us = microseconds_since_process_start();
+    for (auto& vcpu : s.vcpus)
+        vcpu->start(s.pio, s.mmio, s.unclaimed, s.control);
+    for (auto& vcpu : s.vcpus)
+        vcpu->join();
+    report.end_us = microseconds_since_process_start();
+    {
+        std::lock_guard lock(s.output_mutex);
+        s.tap.flush();
+        report.results = s.results;
+    }
+    report.exit_status = s.control.status();
+    report.stop_reason = s.control.reason();
+    for (auto& vcpu : s.vcpus)
+        report.exit_counts.push_back(vcpu->exit_counts());
+    report.unclaimed_pio = s.unclaimed.pio.load();
+    report.unclaimed_mmio = s.unclaimed.mmio.load();
+    report.achieved_backing = describe_achieved_backing(s.config.backing, s.config.memory);
+    for (const auto& mark : s.boot_marker.marks())
+        if (mark.value == 1 && report.init_marker_us < 0)
+            report.init_marker_us = microseconds_since(mark.when);
+    return report;
+}
+
+} // namespace vmmlab

@@ -1,0 +1,59 @@
+// A VM assembled from a VmConfig: KVM handles, guest RAM, buses and devices, vCPU threads, and the
+// embedded tiny guest laid out in memory. run() returns when the guest ends the VM.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config/vm_config.hpp"
+#include "cpu/exit_handler.hpp"
+
+namespace vmmlab {
+
+struct GuestResult {
+    std::string workload, metric, unit;
+    double value = 0;
+    int vcpu = -1;
+};
+
+// Parses one "@result workload=... metric=... value=... unit=..." line; nothing for other lines.
+std::optional<GuestResult> parse_result_line(std::string_view line);
+
+struct RunReport {
+    int exit_status = 0;
+    std::string stop_reason;
+    std::vector<GuestResult> results;
+    std::vector<ExitCounts> exit_counts; // per vCPU
+    std::uint64_t unclaimed_pio = 0, unclaimed_mmio = 0;
+    std::string achieved_backing;
+    // Monotonic times from process start (microseconds): VM set up, first KVM_RUN, boot marker 1, end.
+    double setup_done_us = 0, first_run_us = 0, init_marker_us = -1, end_us = 0;
+};
+
+struct ConsoleOptions {
+    // Receives every byte the guest writes to its serial port; defaults to stdout.
+    std::function<void(std::span<const std::byte>)> output;
+};
+
+class Vm {
+public:
+    Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console = {});
+    ~Vm();
+    Vm(const Vm&) = delete;
+    Vm& operator=(const Vm&) = delete;
+    RunReport run();
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+// Monotonic microseconds since this process started (from /proc/self/stat), for boot timing.
+double microseconds_since_process_start();
+
+} // namespace vmmlab

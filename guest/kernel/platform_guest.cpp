@@ -212,6 +212,21 @@ ExitMeasurement measure_exits(const ExitRequest& request) {
     return {};
 }
 
+bool raise_exception(Text type) {
+    if (type == Text{"ud"}) asm volatile("ud2");
+    if (type == Text{"pf"}) {
+        // 1 TiB: beyond the identity map of any RAM size this project boots.
+        (void)*reinterpret_cast<volatile uint64_t*>(1ULL << 40);
+    }
+    if (type == Text{"gp"}) (void)*reinterpret_cast<volatile uint64_t*>(0x8000000000000000ULL); // non-canonical
+    if (type == Text{"de"}) {
+        uint32_t quotient = 1;
+        uint32_t zero = 0;
+        asm volatile("xor %%edx, %%edx\n\tdivl %1" : "+a"(quotient) : "r"(zero) : "rdx");
+    }
+    return false;
+}
+
 bool ioeventfd_bound() {
     return (kernel::boot_info().flags & abi::kFlagIoeventfdBound) != 0;
 }

@@ -30,4 +30,20 @@ int run_hello(const Args& args) {
     return static_cast<int>(status);
 }
 
+int run_fault(const Args& args) {
+    constexpr Text kOptions[] = {"type"};
+    if (!args.only(kOptions)) return kExitUsage;
+    const Text type = args.text("type", "ud");
+    if (type == Text{"panic"}) platform::fail("fault type=panic requested");
+    Line line;
+    line.put("fault: raising ").put(type);
+    print_line(line);
+    if (!platform::raise_exception(type)) {
+        line.clear();
+        line.put("type '").put(type).put("' cannot be raised here (known: ud pf gp de panic; natively only panic)");
+        args.error(line.text());
+    }
+    return kExitUsage;
+}
+
 } // namespace vmmlab::guest

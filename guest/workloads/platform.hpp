@@ -65,6 +65,11 @@ struct ExitMeasurement {
 
 ExitMeasurement measure_exits(const ExitRequest& request);
 
+// Raises a CPU exception on purpose (the `fault` workload, to test fault reporting): "ud" invalid opcode,
+// "pf" page fault, "gp" general protection, "de" divide error. Returns only where it cannot (natively, or
+// an unknown type): false.
+bool raise_exception(Text type);
+
 // Whether the ioeventfd bench port is really bound to an ioeventfd (BootInfo flag).
 bool ioeventfd_bound();
 

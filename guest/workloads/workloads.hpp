@@ -54,5 +54,6 @@ int run_exits(const Args& args);  // pio, pio-ioeventfd, mmio, cpuid, vmcall, hl
 int run_stream(const Args& args);
 int run_gups(const Args& args);
 int run_latency(const Args& args);
+int run_fault(const Args& args); // fault [type=ud|pf|gp|de|panic]: tests the fault and panic paths
 
 } // namespace vmmlab::guest

@@ -26,7 +26,7 @@ TEST_CASE("sizes, CPU lists and knob values parse, and bad ones say what is acce
           "'nap' is not an exit kind (hlt, pause, mwait, or none)");
     CHECK(parse_backing("1g").value() == Backing::Hugetlb1G);
     CHECK(parse_backing("huge").error() == "'huge' is not a backing (4k, thp, 2m, 1g)");
-    CHECK(parse_cpu_model("host").value() == CpuModelKnob::HostPassthrough);
+    CHECK(parse_cpu_model("host").value() == x86::CpuModel::HostPassthrough);
     CHECK_FALSE(parse_guest_page("8k"));
 }
 
@@ -34,12 +34,12 @@ TEST_CASE("the tuned profile switches the knobs that mattered in the seed study"
     auto untuned = profile_config("untuned", 2, 8).value();
     CHECK(untuned.pin.empty());
     CHECK(untuned.backing == Backing::Anonymous4K);
-    CHECK(untuned.cpu_model == CpuModelKnob::Minimal);
+    CHECK(untuned.cpu_model == x86::CpuModel::Minimal);
     auto tuned = profile_config("tuned", 2, 8).value();
     CHECK(tuned.pin == std::vector<unsigned>{0, 1});
     CHECK(tuned.backing == Backing::Thp);
     CHECK(tuned.guest_page == PageSize::k2M);
-    CHECK(tuned.cpu_model == CpuModelKnob::HostPassthrough);
+    CHECK(tuned.cpu_model == x86::CpuModel::HostPassthrough);
     CHECK(profile_config("tuned", 4, 2).value().pin == std::vector<unsigned>{0, 1, 0, 1});
     CHECK(profile_config("fast", 1, 1).error() == "profile: 'fast' is not a profile (untuned, tuned)");
 }

@@ -36,7 +36,7 @@ constexpr std::uint32_t kAvx = 1U << 28, kX2apic = 1U << 21, kHypervisor = 1U <<
 const std::vector<CpuidRegisters> kIntelCaches{
     {0x1c004121, 0x02c0003f, 0x0000003f, 0x00000000}, // L1d 48K, shared by 2 threads
     {0x1c004122, 0x01c0003f, 0x0000003f, 0x00000000}, // L1i 32K
-    {0x1c004143, 0x03c0003f, 0x000003ff, 0x00000000}, // L2 1.25M... (16 ways, 1024 sets)
+    {0x1c004143, 0x03c0003f, 0x000003ff, 0x00000000}, // L2 1M: 16 ways, 1024 sets
     {0x1c03c163, 0x02c0003f, 0x00003fff, 0x00000006}, // L3, shared by 16 threads, inclusive
 };
 // And as 0x8000001D (AMD) reports them on a 16-thread, 8-core package.

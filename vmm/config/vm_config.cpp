@@ -120,9 +120,9 @@ std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view 
     return exits;
 }
 
-std::expected<CpuModelKnob, std::string> parse_cpu_model(std::string_view text) {
-    if (text == "host") return CpuModelKnob::HostPassthrough;
-    if (text == "minimal") return CpuModelKnob::Minimal;
+std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text) {
+    if (text == "host") return x86::CpuModel::HostPassthrough;
+    if (text == "minimal") return x86::CpuModel::Minimal;
     return unexpected(fmt::format("'{}' is not a CPU model (host, minimal)", text));
 }
 
@@ -158,8 +158,8 @@ std::string to_string(const DisabledExits& exits) {
     return names.empty() ? "none" : fmt::format("{}", fmt::join(names, ","));
 }
 
-std::string to_string(CpuModelKnob model) {
-    return model == CpuModelKnob::HostPassthrough ? "host" : "minimal";
+std::string to_string(x86::CpuModel model) {
+    return model == x86::CpuModel::HostPassthrough ? "host" : "minimal";
 }
 
 std::expected<VmConfig, std::string> profile_config(std::string_view name, unsigned cpus,
@@ -174,7 +174,7 @@ std::expected<VmConfig, std::string> profile_config(std::string_view name, unsig
         return unexpected(fmt::format("profile: '{}' is not a profile (untuned, tuned)", name));
     // The tuning that mattered in Felter et al. 2014: pinning, the host's cache topology, large pages.
     config.profile = "tuned";
-    config.cpu_model = CpuModelKnob::HostPassthrough;
+    config.cpu_model = x86::CpuModel::HostPassthrough;
     config.backing = Backing::Thp;
     config.prefault = true;
     config.guest_page = PageSize::k2M;

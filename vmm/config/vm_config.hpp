@@ -11,12 +11,12 @@
 #include <string_view>
 #include <vector>
 
+#include "arch/x86/cpuid.hpp"
 #include "memory/backing.hpp"
 #include "memory/page_tables.hpp"
 
 namespace vmmlab {
 
-enum class CpuModelKnob { HostPassthrough, Minimal };
 
 struct HaltPoll {
     enum class Mode { KernelDefault, Off, Nanoseconds } mode = Mode::KernelDefault;
@@ -40,7 +40,7 @@ struct VmConfig {
     std::vector<unsigned> pin; // host CPU of vCPU i; empty: not pinned
     HaltPoll halt_poll;
     DisabledExits disable_exits;
-    CpuModelKnob cpu_model = CpuModelKnob::Minimal;
+    x86::CpuModel cpu_model = x86::CpuModel::Minimal;
     std::string guest_cmdline = "hello";
     bool operator==(const VmConfig&) const = default;
 };
@@ -64,12 +64,12 @@ std::expected<PageSize, std::string> parse_guest_page(std::string_view text);   
 std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_view text); // 0,2-3 or none
 std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text);             // default off 200000
 std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text);   // none hlt,pause
-std::expected<CpuModelKnob, std::string> parse_cpu_model(std::string_view text);         // host minimal
+std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text);         // host minimal
 
 std::string to_string(PageSize size);
 std::string to_string(const HaltPoll& halt_poll);
 std::string to_string(const DisabledExits& exits);
-std::string to_string(CpuModelKnob model);
+std::string to_string(x86::CpuModel model);
 
 // The effective configuration, one knob per line, as every run prints it.
 std::string describe(const VmConfig& config);

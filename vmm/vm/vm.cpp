@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "arch/x86/cpuid.hpp"
 #include "arch/x86/host_cpu.hpp"
 #include "arch/x86/long_mode.hpp"
 #include "base/error.hpp"
@@ -195,11 +196,17 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         flags |= abi::kFlagIoeventfdBound;
     }
 
-    const bool avx = host_has_avx();
+    bool guest_avx = false;
     const auto supported = s.system.supported_cpuid();
+    const auto host_caches = x86::read_host_cache_facts(x86::native_cpuid());
     for (unsigned id = 0; id < config.cpus; ++id) {
         auto vcpu = s.vm.create_vcpu(id);
-        vcpu.set_cpuid(supported);
+        auto cpuid = x86::guest_cpuid(supported, config.cpu_model, {.vcpu_count = config.cpus, .vcpu_index = id},
+                                      host_caches);
+        if (!cpuid) throw SystemError("CPU model: " + cpuid.error(), EINVAL);
+        vcpu.set_cpuid(*cpuid);
+        // XSAVE state for AVX only where the guest's CPUID offers AVX (the minimal model does not).
+        guest_avx = host_has_avx() && x86::cpuid_has_avx(*cpuid).value_or(false);
         std::optional<unsigned> pin;
         if (!config.pin.empty()) pin = config.pin[id];
         s.vcpus.push_back(std::make_unique<VcpuThread>(std::move(vcpu), pin));
@@ -216,8 +223,8 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     for (unsigned id = 0; id < config.cpus; ++id) {
         auto& vcpu = s.vcpus[id]->fd();
         vcpu.set_sregs(x86::long_mode_sregs(
-            vcpu.sregs(), {.cr3 = layout->cr3, .gdt = GuestAddress{abi::kGdtAddress}, .osxsave = avx}));
-        if (avx) vcpu.set_xcr0(x86::kXcr0X87 | x86::kXcr0Sse | x86::kXcr0Avx);
+            vcpu.sregs(), {.cr3 = layout->cr3, .gdt = GuestAddress{abi::kGdtAddress}, .osxsave = guest_avx}));
+        if (guest_avx) vcpu.set_xcr0(x86::kXcr0X87 | x86::kXcr0Sse | x86::kXcr0Avx);
         vcpu.set_regs(layout->vcpu_regs[id]);
         // With the in-kernel LAPIC, application processors wait for INIT/SIPI; ours start directly.
         if (id != 0) vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE);

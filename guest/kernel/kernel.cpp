@@ -144,6 +144,7 @@ void load_idt() {
     asm volatile("lidt %0" ::"m"(pointer));
 }
 
+// clang-format off
 constexpr const char* kExceptionNames[32] = {
     "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range",
     "#UD invalid opcode", "#NM device not available", "#DF double fault", "coprocessor segment overrun",
@@ -152,6 +153,7 @@ constexpr const char* kExceptionNames[32] = {
     "#XM SIMD floating point", "#VE virtualization", "#CP control protection", "reserved 22",
     "reserved 23", "reserved 24", "reserved 25", "reserved 26", "reserved 27", "#HV hypervisor injection",
     "#VC VMM communication", "#SX security", "reserved 31"};
+// clang-format on
 
 } // namespace
 
@@ -297,12 +299,19 @@ void find_tick_rate(const abi::BootInfo& info) {
     }
     const Text command_line{info->command_line, command_length};
 
-    line.put("vmmlab guest: ").put_u64(online_cpus()).put(" of ").put_u64(expected).put(" vCPUs online, TSC ");
+    line.put("vmmlab guest: ")
+        .put_u64(online_cpus())
+        .put(" of ")
+        .put_u64(expected)
+        .put(" vCPUs online, TSC ");
     if (g_tick_rate_known)
         line.put_u64(g_tick_hz / 1000).put(" kHz");
     else
         line.put("rate unknown (assuming 2 GHz)");
-    line.put(", ").put_u64(g_free_memory.free_bytes() >> 20).put(" MiB free, page size ").put_bytes(info->page_size);
+    line.put(", ")
+        .put_u64(g_free_memory.free_bytes() >> 20)
+        .put(" MiB free, page size ")
+        .put_bytes(info->page_size);
     line.put(", command line '").put(command_line).put('\'');
     print(line);
 

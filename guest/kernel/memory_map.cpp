@@ -24,7 +24,8 @@ void FreeMemory::build(const abi::MemoryRange* ranges, uint32_t count, uint64_t 
     }
     // Anything not Usable is off limits, whatever its type number.
     for (uint32_t i = 0; i < count; ++i)
-        if (ranges[i].type != abi::MemoryType::Usable) remove(ranges[i].start, range_end(ranges[i].start, ranges[i].size));
+        if (ranges[i].type != abi::MemoryType::Usable)
+            remove(ranges[i].start, range_end(ranges[i].start, ranges[i].size));
     remove(image_start, image_end);
 }
 

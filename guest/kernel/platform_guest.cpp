@@ -83,7 +83,7 @@ ExitMeasurement measure_hlt(const ExitRequest& request) {
     vmmlab_apic_eoi = base + kApicEoi;
     apic_write(base, kApicTpr, 0);
     apic_write(base, kApicSvr, apic_read(base, kApicSvr) | 0x100 | kernel::kSpuriousVector);
-    apic_write(base, kApicDivide, 0xb); // divide by 1
+    apic_write(base, kApicDivide, 0xb);                    // divide by 1
     apic_write(base, kApicLvtTimer, kernel::kTimerVector); // one-shot, unmasked
 
     // Each round: arm the one-shot timer, then sti;hlt until its interrupt has been handled. A wake-up that
@@ -197,10 +197,14 @@ ExitMeasurement measure_exits(const ExitRequest& request) {
         uint64_t rax = 0;
         ExitMeasurement m;
         if (amd) {
-            m = time_loop(request, [&rax] { asm volatile("vmmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory"); });
+            m = time_loop(request, [&rax] {
+                asm volatile("vmmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory");
+            });
             m.note = "VMMCALL (AMD)";
         } else {
-            m = time_loop(request, [&rax] { asm volatile("vmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory"); });
+            m = time_loop(request, [&rax] {
+                asm volatile("vmcall" : "=a"(rax) : "a"(kUnknownHypercall) : "memory");
+            });
             m.note = "VMCALL (Intel)";
         }
         m.detail = static_cast<int64_t>(rax);
@@ -218,7 +222,8 @@ bool raise_exception(Text type) {
         // 1 TiB: beyond the identity map of any RAM size this project boots.
         (void)*reinterpret_cast<volatile uint64_t*>(1ULL << 40);
     }
-    if (type == Text{"gp"}) (void)*reinterpret_cast<volatile uint64_t*>(0x8000000000000000ULL); // non-canonical
+    if (type == Text{"gp"})
+        (void)*reinterpret_cast<volatile uint64_t*>(0x8000000000000000ULL); // non-canonical
     if (type == Text{"de"}) {
         uint32_t quotient = 1;
         uint32_t zero = 0;

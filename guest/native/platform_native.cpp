@@ -1,13 +1,13 @@
 // The host side of guest/workloads/platform.hpp, for vmmlab-native and the unit tests: stdout, threads,
 // aligned_alloc, and a TSC rate calibrated against CLOCK_MONOTONIC_RAW.
-#include <sched.h>
-#include <time.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
 #include <vector>
+
+#include <sched.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "guest/workloads/cpu.hpp"
 #include "guest/workloads/platform.hpp"

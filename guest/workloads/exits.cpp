@@ -35,8 +35,9 @@ bool measure_one(const ExitSpec& spec, platform::ExitRequest request) {
     if (spec.kind == ExitKind::PioIoeventfd) {
         const bool bound = platform::ioeventfd_bound();
         if (!bound) {
-            print_text("pio-ioeventfd: the port is not bound to an ioeventfd (BootInfo flags): these exits go to "
-                       "monitor userspace like pio");
+            print_text(
+                "pio-ioeventfd: the port is not bound to an ioeventfd (BootInfo flags): these exits go to "
+                "monitor userspace like pio");
         }
         report(spec.name, "ioeventfd_bound", ResultValue::whole(bound ? 1 : 0), "bool");
     }
@@ -86,7 +87,8 @@ int run_exits(const Args& args) {
     uint64_t timer = 0;
     if (!args.count("iterations", hlt_only ? kDefaultHltIterations : kDefaultIterations, iterations) ||
         !args.count("hlt_iterations", kDefaultHltIterations, hlt_iterations) ||
-        !args.count("budget_ms", kDefaultBudgetMs, budget_ms) || !args.count("timer", kDefaultTimerTicks, timer))
+        !args.count("budget_ms", kDefaultBudgetMs, budget_ms) ||
+        !args.count("timer", kDefaultTimerTicks, timer))
         return kExitUsage;
     if (iterations == 0 || hlt_iterations == 0 || budget_ms == 0 || timer == 0 || timer > UINT32_MAX) {
         args.error("iterations, hlt_iterations, budget_ms and timer must be above 0 (timer below 2^32)");

@@ -73,7 +73,12 @@ int run_gups(const Args& args) {
         return kExitUsage;
     }
     Line line;
-    line.put("gups: table of ").put_u64(entries).put(" entries (").put_bytes(bytes).put("), ").put_u64(updates);
+    line.put("gups: table of ")
+        .put_u64(entries)
+        .put(" entries (")
+        .put_bytes(bytes)
+        .put("), ")
+        .put_u64(updates);
     line.put(" updates");
     print_line(line);
 

@@ -14,7 +14,12 @@ int run_hello(const Args& args) {
     constexpr uint64_t kMiB = 1024 * 1024;
     const unsigned online = platform::cpu_count();
     Line line;
-    line.put("hello from ").put(platform::name()).put(": ").put_u64(online).put(' ').put(platform::cpu_noun());
+    line.put("hello from ")
+        .put(platform::name())
+        .put(": ")
+        .put_u64(online)
+        .put(' ')
+        .put(platform::cpu_noun());
     line.put(", ").put_u64(platform::memory_bytes() / kMiB).put(" MiB RAM, page size ");
     line.put_bytes(platform::page_size());
     print_line(line);
@@ -40,7 +45,8 @@ int run_fault(const Args& args) {
     print_line(line);
     if (!platform::raise_exception(type)) {
         line.clear();
-        line.put("type '").put(type).put("' cannot be raised here (known: ud pf gp de panic; natively only panic)");
+        line.put("type '").put(type).put(
+            "' cannot be raised here (known: ud pf gp de panic; natively only panic)");
         args.error(line.text());
     }
     return kExitUsage;

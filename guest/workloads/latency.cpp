@@ -66,7 +66,12 @@ int run_latency(const Args& args) {
         words[i * kStride] = reinterpret_cast<uint64_t>(&words[words[i * kStride] * kStride]);
 
     Line line;
-    line.put("latency: ").put_u64(lines).put(" lines of 64 bytes (").put_bytes(bytes).put("), ").put_u64(loads);
+    line.put("latency: ")
+        .put_u64(lines)
+        .put(" lines of 64 bytes (")
+        .put_bytes(bytes)
+        .put("), ")
+        .put_u64(loads);
     line.put(" dependent loads");
     print_line(line);
 
@@ -74,7 +79,8 @@ int run_latency(const Args& args) {
     const uint64_t start = read_ticks();
     p = latency::chase(p, loads);
     const uint64_t ticks = read_ticks() - start;
-    const bool on_cycle = p >= static_cast<const void*>(words) && p < static_cast<const void*>(words + lines * kStride);
+    const bool on_cycle =
+        p >= static_cast<const void*>(words) && p < static_cast<const void*>(words + lines * kStride);
     platform::release(words);
 
     const double cycles = static_cast<double>(ticks) / static_cast<double>(loads);

@@ -98,7 +98,8 @@ void stream_job(void* context, unsigned index, unsigned count) {
         for (unsigned kernel = 0; kernel < stream::kKernelCount; ++kernel) {
             job.barrier.wait();
             const uint64_t start = index == 0 ? read_ticks() : 0;
-            stream::run_kernel(static_cast<stream::Kernel>(kernel), job.a, job.b, job.c, begin, end, job.avx2);
+            stream::run_kernel(static_cast<stream::Kernel>(kernel), job.a, job.b, job.c, begin, end,
+                               job.avx2);
             job.barrier.wait();
             if (index == 0) job.ticks[kernel][k] = read_ticks() - start;
         }
@@ -172,8 +173,16 @@ int run_stream(const Args& args) {
     job->barrier.reset(cpus);
 
     Line line;
-    line.put("stream: 3 arrays of ").put_u64(n).put(" doubles (").put_fixed(static_cast<double>(array_bytes) / 1048576.0, 1);
-    line.put(" MiB each), ntimes=").put_u64(ntimes).put(", ").put_u64(cpus).put(' ').put(platform::cpu_noun());
+    line.put("stream: 3 arrays of ")
+        .put_u64(n)
+        .put(" doubles (")
+        .put_fixed(static_cast<double>(array_bytes) / 1048576.0, 1);
+    line.put(" MiB each), ntimes=")
+        .put_u64(ntimes)
+        .put(", ")
+        .put_u64(cpus)
+        .put(' ')
+        .put(platform::cpu_noun());
     line.put(", kernels ").put(job->avx2 ? "avx2" : "sse2");
     print_line(line);
 
@@ -187,8 +196,8 @@ int run_stream(const Args& args) {
             best = job->ticks[kernel][k] < best ? job->ticks[kernel][k] : best;
         if (best == 0) best = 1;
         const double seconds = ticks_to_seconds(best);
-        const double gbs = static_cast<double>(stream::bytes_moved(static_cast<stream::Kernel>(kernel), n)) /
-                           seconds / 1e9;
+        const double gbs =
+            static_cast<double>(stream::bytes_moved(static_cast<stream::Kernel>(kernel), n)) / seconds / 1e9;
         line.clear();
         line.put("stream: ").put(kKernelNames[kernel]).put(' ').put_fixed(gbs, 3).put(" GB/s (best ");
         line.put_fixed(seconds * 1e3, 3).put(" ms)");
@@ -200,8 +209,8 @@ int run_stream(const Args& args) {
     double expected_b;
     double expected_c;
     stream::expected_values(static_cast<unsigned>(ntimes), expected_a, expected_b, expected_c);
-    const uint64_t errors =
-        count_mismatches(a, n, expected_a) + count_mismatches(b, n, expected_b) + count_mismatches(c, n, expected_c);
+    const uint64_t errors = count_mismatches(a, n, expected_a) + count_mismatches(b, n, expected_b) +
+                            count_mismatches(c, n, expected_c);
     line.clear();
     line.put("stream: validation ");
     if (errors == 0)

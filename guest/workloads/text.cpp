@@ -82,7 +82,8 @@ Line& Line::put_fixed(double value, unsigned decimals) {
 
 Line& Line::put_bytes(uint64_t bytes) {
     constexpr uint64_t kKiB = 1024;
-    if (bytes != 0 && bytes % (kKiB * kKiB * kKiB) == 0) return put_u64(bytes / (kKiB * kKiB * kKiB)).put(" GiB");
+    if (bytes != 0 && bytes % (kKiB * kKiB * kKiB) == 0)
+        return put_u64(bytes / (kKiB * kKiB * kKiB)).put(" GiB");
     if (bytes != 0 && bytes % (kKiB * kKiB) == 0) return put_u64(bytes / (kKiB * kKiB)).put(" MiB");
     if (bytes != 0 && bytes % kKiB == 0) return put_u64(bytes / kKiB).put(" KiB");
     return put_u64(bytes).put(" bytes");

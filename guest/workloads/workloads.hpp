@@ -50,7 +50,7 @@ private:
 double ticks_to_seconds(uint64_t ticks);
 
 int run_hello(const Args& args);
-int run_exits(const Args& args);  // pio, pio-ioeventfd, mmio, cpuid, vmcall, hlt and `exits` (all)
+int run_exits(const Args& args); // pio, pio-ioeventfd, mmio, cpuid, vmcall, hlt and `exits` (all)
 int run_stream(const Args& args);
 int run_gups(const Args& args);
 int run_latency(const Args& args);

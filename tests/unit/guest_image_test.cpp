@@ -1,8 +1,7 @@
 #include <catch2/catch.hpp>
+#include <cstring>
 
 #include <elf.h>
-
-#include <cstring>
 
 #include "guest/abi/boot_abi.hpp"
 #include "guest/embedded_image.hpp"

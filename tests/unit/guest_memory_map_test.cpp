@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <vector>
 
@@ -23,9 +22,9 @@ bool overlaps(uint64_t a, uint64_t a_size, uint64_t b, uint64_t b_size) {
 TEST_CASE("guest memory excludes low memory, the image and reserved ranges", "[guest][memory]") {
     const MemoryRange ranges[] = {
         {0, 256 * kMiB, MemoryType::Usable, 0},
-        {0x1000, 0x1000, MemoryType::Reserved, 0},            // GDT
-        {100 * kMiB, 4 * kMiB, MemoryType::Reserved, 0},      // stacks, page tables
-        {255 * kMiB, 1 * kMiB, MemoryType::Reserved, 0},      // at the top
+        {0x1000, 0x1000, MemoryType::Reserved, 0},       // GDT
+        {100 * kMiB, 4 * kMiB, MemoryType::Reserved, 0}, // stacks, page tables
+        {255 * kMiB, 1 * kMiB, MemoryType::Reserved, 0}, // at the top
     };
     FreeMemory memory;
     memory.build(ranges, 4, 0x200000, 0x20d000);

@@ -1,6 +1,5 @@
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -73,8 +72,8 @@ TEST_CASE("guest sizes take binary suffixes and reject anything else", "[guest][
     CHECK(size("1T").value == 1ULL << 40);
     CHECK(size("512B").value == 512);
     CHECK(size("64M").ok);
-    for (const char* bad : {"", "M", "64Q", "64MM", "-1", "1.5G", "0x10", "64 M", "64Mi", "99999999999999999999",
-                            "17179869184G"})
+    for (const char* bad : {"", "M", "64Q", "64MM", "-1", "1.5G", "0x10", "64 M", "64Mi",
+                            "99999999999999999999", "17179869184G"})
         CHECK_FALSE(size(bad).ok);
     CHECK(parse_count("100000").value == 100000);
     CHECK(parse_count("18446744073709551615").ok);
@@ -97,13 +96,32 @@ TEST_CASE("guest result lines have the exact form the monitor parses", "[guest][
 
 TEST_CASE("guest number formatting", "[guest][format]") {
     Line line;
-    line.put_fixed(0.0123456, 6).put(' ').put_fixed(1.0, 0).put(' ').put_fixed(2.5, 0).put(' ').put_fixed(-3.25, 2);
-    line.put(' ').put_fixed(0.999, 2).put(' ').put_u64(0).put(' ').put_u64(UINT64_MAX).put(' ').put_i64(INT64_MIN);
+    line.put_fixed(0.0123456, 6)
+        .put(' ')
+        .put_fixed(1.0, 0)
+        .put(' ')
+        .put_fixed(2.5, 0)
+        .put(' ')
+        .put_fixed(-3.25, 2);
+    line.put(' ')
+        .put_fixed(0.999, 2)
+        .put(' ')
+        .put_u64(0)
+        .put(' ')
+        .put_u64(UINT64_MAX)
+        .put(' ')
+        .put_i64(INT64_MIN);
     line.put(' ').put_hex(0x200000).put(' ').put_hex(0);
     CHECK(str(line.text()) ==
           "0.012346 1 3 -3.25 1.00 0 18446744073709551615 -9223372036854775808 0x200000 0x0");
     line.clear();
-    line.put_bytes(4096).put(',').put_bytes(2ULL << 20).put(',').put_bytes(1ULL << 30).put(',').put_bytes(1000);
+    line.put_bytes(4096)
+        .put(',')
+        .put_bytes(2ULL << 20)
+        .put(',')
+        .put_bytes(1ULL << 30)
+        .put(',')
+        .put_bytes(1000);
     CHECK(str(line.text()) == "4 KiB,2 MiB,1 GiB,1000 bytes");
     line.clear();
     for (int i = 0; i < 400; ++i)
@@ -164,7 +182,8 @@ TEST_CASE("STREAM kernels compute what the validation expects", "[guest][stream]
         std::fill(c.begin(), c.end(), 0.0);
         constexpr unsigned rounds = 3;
         for (unsigned k = 0; k < rounds; ++k)
-            for (auto kernel : {stream::Kernel::Copy, stream::Kernel::Scale, stream::Kernel::Add, stream::Kernel::Triad})
+            for (auto kernel :
+                 {stream::Kernel::Copy, stream::Kernel::Scale, stream::Kernel::Add, stream::Kernel::Triad})
                 stream::run_kernel(kernel, a.data(), b.data(), c.data(), 0, n, avx2 && cpu_has_avx2());
         double ea, eb, ec;
         stream::expected_values(rounds, ea, eb, ec);

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -20,7 +22,13 @@ public:
             reason_ = std::move(reason);
             stopping_.store(true, std::memory_order_release);
         }
+        stopped_.notify_all();
         if (on_stop_) on_stop_();
+    }
+    // Waits until a stop was requested or `timeout` passed; true when stopped.
+    bool wait_for_stop(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(mutex_);
+        return stopped_.wait_for(lock, timeout, [this] { return stopping_.load(std::memory_order_acquire); });
     }
     bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
     int status() const {
@@ -36,6 +44,7 @@ public:
 
 private:
     mutable std::mutex mutex_;
+    std::condition_variable stopped_;
     std::atomic<bool> stopping_{false};
     int status_ = 0;
     std::string reason_;

@@ -201,8 +201,8 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     const auto host_caches = x86::read_host_cache_facts(x86::native_cpuid());
     for (unsigned id = 0; id < config.cpus; ++id) {
         auto vcpu = s.vm.create_vcpu(id);
-        auto cpuid = x86::guest_cpuid(supported, config.cpu_model, {.vcpu_count = config.cpus, .vcpu_index = id},
-                                      host_caches);
+        auto cpuid = x86::guest_cpuid(supported, config.cpu_model,
+                                      {.vcpu_count = config.cpus, .vcpu_index = id}, host_caches);
         if (!cpuid) throw SystemError("CPU model: " + cpuid.error(), EINVAL);
         vcpu.set_cpuid(*cpuid);
         // XSAVE state for AVX only where the guest's CPUID offers AVX (the minimal model does not).
@@ -244,13 +244,16 @@ Vm::~Vm() {
         vcpu->join();
 }
 
-RunReport Vm::run() {
+RunReport Vm::run(std::chrono::milliseconds timeout) {
     auto& s = *state_;
     RunReport report;
     report.setup_done_us = s.setup_done_us;
     report.first_run_us = microseconds_since_process_start();
     for (auto& vcpu : s.vcpus)
         vcpu->start(s.pio, s.mmio, s.unclaimed, s.control);
+    if (timeout.count() > 0 && !s.control.wait_for_stop(timeout))
+        s.control.request_stop(
+            124, fmt::format("timed out after {} ms; the guest did not end the VM", timeout.count()));
     for (auto& vcpu : s.vcpus)
         vcpu->join();
     report.end_us = microseconds_since_process_start();

@@ -46,7 +46,9 @@ public:
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
-    RunReport run();
+    // Runs until the guest ends the VM, or until `timeout` (when non-zero) has passed: then the VM is
+    // stopped with status 124 and a reason saying so, so a wedged guest cannot hang the caller.
+    RunReport run(std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
 
 private:
     struct State;

@@ -18,16 +18,16 @@ inline constexpr uint64_t kBootInfoMagic = 0x4942424c4d4d56ULL; // "VMMLBBI"
 inline constexpr uint32_t kBootInfoVersion = 1;
 
 inline constexpr uint64_t kGdtAddress = 0x1000;
-inline constexpr uint64_t kBootInfoAddress = 0x2000; // one BootInfo, below 0x10000
+inline constexpr uint64_t kBootInfoAddress = 0x2000;    // one BootInfo, below 0x10000
 inline constexpr uint64_t kGuestLoadAddress = 0x200000; // the guest ELF is linked here (2 MiB)
 
 // I/O ports (PIO).
-inline constexpr uint16_t kSerialPort = 0x3f8;    // 16550 UART, COM1, IRQ 4
-inline constexpr uint16_t kExitPort = 0x510;      // OUT of 1, 2 or 4 bytes: end the VM with that status
+inline constexpr uint16_t kSerialPort = 0x3f8;     // 16550 UART, COM1, IRQ 4
+inline constexpr uint16_t kExitPort = 0x510;       // OUT of 1, 2 or 4 bytes: end the VM with that status
 inline constexpr uint16_t kBootMarkerPort = 0x514; // 8-bit OUT: the monitor timestamps the value (1 = init)
 inline constexpr uint16_t kBenchPioPort = 0x520;   // 32-bit OUT/IN: handled in monitor userspace, no effect
 inline constexpr uint16_t kBenchIoeventfdPort = 0x524; // 32-bit OUT: bound to an ioeventfd, never exits
-                                                      // to userspace (where KVM_CAP_IOEVENTFD exists)
+                                                       // to userspace (where KVM_CAP_IOEVENTFD exists)
 // MMIO: a page that no memory backs, handled in monitor userspace; reads return 0, writes are dropped.
 inline constexpr uint64_t kBenchMmioAddress = 0xd0000000;
 
@@ -49,10 +49,10 @@ struct BootInfo {
     uint64_t magic;
     uint32_t version;
     uint32_t vcpu_count;
-    uint64_t tsc_khz;    // the TSC frequency KVM gives the guest; 0 when unknown
-    uint64_t page_size;  // leaf size of the identity map: 4096, 2 MiB or 1 GiB
+    uint64_t tsc_khz;   // the TSC frequency KVM gives the guest; 0 when unknown
+    uint64_t page_size; // leaf size of the identity map: 4096, 2 MiB or 1 GiB
     uint32_t memory_range_count;
-    uint32_t flags;      // bit 0: the ioeventfd bench port is really bound to an ioeventfd
+    uint32_t flags; // bit 0: the ioeventfd bench port is really bound to an ioeventfd
     MemoryRange memory_ranges[kMaxMemoryRanges];
     char command_line[kCommandLineSize]; // NUL-terminated
 };

@@ -2,9 +2,8 @@
 #include <cstring>
 #include <vector>
 
-#include "kvm/kvm_uapi.hpp"
-
 #include "cpu/exit.hpp"
+#include "kvm/kvm_uapi.hpp"
 
 using namespace vmmlab;
 

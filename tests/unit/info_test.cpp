@@ -1,9 +1,8 @@
 #include <catch2/catch.hpp>
 
-#include "kvm/kvm_uapi.hpp"
-
 #include "cli/info.hpp"
 #include "kvm/capabilities.hpp"
+#include "kvm/kvm_uapi.hpp"
 
 using namespace vmmlab;
 

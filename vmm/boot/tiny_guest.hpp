@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "kvm/kvm_uapi.hpp"
-
 #include "memory/guest_memory.hpp"
 #include "memory/page_tables.hpp"
 

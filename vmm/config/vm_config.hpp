@@ -17,7 +17,6 @@
 
 namespace vmmlab {
 
-
 struct HaltPoll {
     enum class Mode { KernelDefault, Off, Nanoseconds } mode = Mode::KernelDefault;
     std::uint64_t nanoseconds = 0;
@@ -64,7 +63,7 @@ std::expected<PageSize, std::string> parse_guest_page(std::string_view text);   
 std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_view text); // 0,2-3 or none
 std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text);             // default off 200000
 std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text);   // none hlt,pause
-std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text);         // host minimal
+std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text);        // host minimal
 
 std::string to_string(PageSize size);
 std::string to_string(const HaltPoll& halt_poll);

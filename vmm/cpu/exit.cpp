@@ -1,18 +1,13 @@
 #include "cpu/exit.hpp"
 
 #include <fmt/format.h>
+
+#include "base/overloaded.hpp"
 #include "kvm/kvm_uapi.hpp"
 
 namespace vmmlab {
 
 namespace {
-template <class... Ts>
-struct Overloaded : Ts... {
-    using Ts::operator()...;
-};
-template <class... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>; // clang 14 has no aggregate deduction
-
 VcpuExit decode_io(const kvm_run& run, std::span<std::byte> run_area) {
     const auto& io = run.io;
     const bool size_ok = io.size == 1 || io.size == 2 || io.size == 4;

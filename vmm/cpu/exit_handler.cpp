@@ -2,19 +2,14 @@
 
 #include <algorithm>
 
-#include "kvm/kvm_uapi.hpp"
 #include <spdlog/spdlog.h>
+
+#include "base/overloaded.hpp"
+#include "kvm/kvm_uapi.hpp"
 
 namespace vmmlab {
 
 namespace {
-template <class... Ts>
-struct Overloaded : Ts... {
-    using Ts::operator()...;
-};
-template <class... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
-
 // Logs the 1st to 10th, then every 10000th unclaimed access, so a guest probing ports cannot flood the log.
 bool should_log(std::uint64_t count) {
     return count <= 10 || count % 10000 == 0;

@@ -3,10 +3,9 @@
 #include <array>
 #include <cerrno>
 
-#include "kvm/kvm_uapi.hpp"
-
 #include "base/error.hpp"
 #include "kvm/kvm.hpp"
+#include "kvm/kvm_uapi.hpp"
 
 namespace vmmlab::kvm {
 

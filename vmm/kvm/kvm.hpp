@@ -9,9 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "kvm/kvm_uapi.hpp"
-
 #include "base/unique_fd.hpp"
+#include "kvm/kvm_uapi.hpp"
 
 namespace vmmlab::kvm {
 

@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "kvm/kvm_uapi.hpp"
-
 #include "memory/guest_memory.hpp"
 
 namespace vmmlab::x86 {

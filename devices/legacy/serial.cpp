@@ -99,7 +99,8 @@ std::size_t Uart16550::enqueue_input(std::span<const std::byte> bytes) {
 
 std::size_t Uart16550::input_space() const {
     std::lock_guard lock(mutex_);
-    return loopback() ? 0 : kReceiveCapacity - receive_count_;
+    const bool ready = (modem_control_ & kMcrDtr) != 0 && !loopback();
+    return ready ? kReceiveCapacity - receive_count_ : 0;
 }
 
 std::uint8_t Uart16550::read_register(std::uint64_t offset) {

@@ -64,8 +64,10 @@ public:
     // stored; the rest were dropped: on overflow (which sets LSR.OE), or all of them while the guest
     // has the UART in loopback mode (its serial input is then disconnected, as on the chip).
     std::size_t enqueue_input(std::span<const std::byte> bytes);
-    // How many bytes enqueue_input would store now (0 in loopback mode): a reader that checks first
-    // can hold input back instead of losing it.
+    // How many bytes the host side should send now: the free space of the receive FIFO while the guest
+    // holds DTR (MCR bit 0) up, 0 while DTR is low (the guest has not opened the port yet, and its
+    // driver's FIFO reset would throw early input away) or in loopback. A reader that checks first
+    // holds input back instead of losing it; enqueue_input itself stores whatever fits.
     std::size_t input_space() const;
 
 private:

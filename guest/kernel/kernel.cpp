@@ -64,6 +64,8 @@ void serial_init() {
     g_serial_fifo = (inb(kCom1 + 2) & 0xc0) == 0xc0;
 }
 
+constexpr uint8_t kLsrDataReady = 0x01;
+
 void serial_wait_thr_empty() {
     for (unsigned i = 0; i < (1U << 16); ++i) // bounded: a missing UART must not hang the guest
         if ((inb(kCom1 + 5) & kLsrThrEmpty) != 0) return;
@@ -170,6 +172,11 @@ bool tick_rate_known() {
 }
 unsigned online_cpus() {
     return g_online.load(std::memory_order_relaxed);
+}
+
+int serial_read_byte() {
+    if ((inb(kCom1 + 5) & kLsrDataReady) == 0) return -1;
+    return inb(kCom1);
 }
 
 void serial_write(Text text) {

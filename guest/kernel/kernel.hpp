@@ -35,6 +35,8 @@ bool tick_rate_known();
 unsigned online_cpus();
 
 void serial_write(Text text);
+// The next received byte, or -1 when none is waiting (polled: LSR.DR, then RBR).
+int serial_read_byte();
 // Writes the status to the exit port; never returns (halts should the monitor not stop the VM).
 [[noreturn]] void exit_vm(uint32_t status);
 // Prints "guest panic: <message>" and exits with status 70.

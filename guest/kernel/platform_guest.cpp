@@ -126,6 +126,16 @@ void write(Text text) {
     kernel::serial_write(text);
 }
 
+int read_byte(uint64_t timeout_ticks) {
+    const uint64_t start = read_ticks();
+    for (;;) {
+        const int value = kernel::serial_read_byte();
+        if (value >= 0) return value;
+        if (read_ticks() - start > timeout_ticks) return -1;
+        cpu_relax();
+    }
+}
+
 void fail(Text message) {
     kernel::panic(message);
 }

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include <poll.h>
 #include <sched.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,6 +56,14 @@ Text cpu_noun() {
 void write(Text text) {
     std::fwrite(text.data, 1, text.size, stdout);
     if (text.size > 0 && text.data[text.size - 1] == '\n') std::fflush(stdout);
+}
+
+int read_byte(uint64_t timeout_ticks) {
+    pollfd input{STDIN_FILENO, POLLIN, 0};
+    const double ms = static_cast<double>(timeout_ticks) * 1e3 / static_cast<double>(tick_hz());
+    if (::poll(&input, 1, static_cast<int>(ms) + 1) <= 0) return -1;
+    unsigned char value = 0;
+    return ::read(STDIN_FILENO, &value, 1) == 1 ? value : -1;
 }
 
 void fail(Text message) {

@@ -53,3 +53,41 @@ int run_fault(const Args& args) {
 }
 
 } // namespace vmmlab::guest
+
+namespace vmmlab::guest {
+
+// echo [lines=N] [timeout=S]: reads N lines from the console input (the serial port in the guest,
+// stdin natively) and prints each back as "echo: <line>"; proves that input reaches the guest.
+int run_echo(const Args& args) {
+    constexpr Text kOptions[] = {"lines", "timeout"};
+    uint64_t lines = 1, timeout_s = 30;
+    if (!args.only(kOptions) || !args.count("lines", 1, lines) || !args.count("timeout", 30, timeout_s))
+        return kExitUsage;
+    const uint64_t timeout_ticks = timeout_s * platform::tick_hz();
+    uint64_t done = 0;
+    Line line;
+    while (done < lines) {
+        const int value = platform::read_byte(timeout_ticks);
+        if (value < 0) {
+            Line message;
+            message.put("no input for ").put_u64(timeout_s).put(" s after ").put_u64(done).put(" line(s)");
+            args.error(message.text());
+            report("echo", "lines", ResultValue::whole(done), "count");
+            return kExitFailed;
+        }
+        if (value == '\r' || value == '\n') {
+            if (line.text().empty()) continue; // the "\n" of a "\r\n", or an empty line
+            Line echoed;
+            echoed.put("echo: ").put(line.text());
+            print_line(echoed);
+            line.clear();
+            ++done;
+            continue;
+        }
+        line.put(static_cast<char>(value));
+    }
+    report("echo", "lines", ResultValue::whole(done), "count");
+    return kExitOk;
+}
+
+} // namespace vmmlab::guest

@@ -18,6 +18,10 @@ Text cpu_noun();
 // boot CPU / main thread.
 void write(Text text);
 
+// The next byte of input (the serial port / stdin), waiting up to `timeout_ticks`; -1 on timeout or at
+// the end of input.
+int read_byte(uint64_t timeout_ticks);
+
 // Ends the run with a panic: prints `message` and exits with status 70 (kExitPanic).
 [[noreturn]] void fail(Text message);
 

@@ -50,7 +50,9 @@ private:
 double ticks_to_seconds(uint64_t ticks);
 
 int run_hello(const Args& args);
-int run_exits(const Args& args); // pio, pio-ioeventfd, mmio, cpuid, vmcall, hlt and `exits` (all)
+int run_echo(const Args& args);    // echo [lines=N] [timeout=S]: console input back as "echo: ..."
+int run_cpuinfo(const Args& args); // CPUID as this CPU sees it: vendor, topology, APIC IDs, caches
+int run_exits(const Args& args);   // pio, pio-ioeventfd, mmio, cpuid, vmcall, hlt and `exits` (all)
 int run_stream(const Args& args);
 int run_gups(const Args& args);
 int run_latency(const Args& args);

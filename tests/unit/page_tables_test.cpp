@@ -152,6 +152,35 @@ TEST_CASE("an identity map with 4 KiB leaves", "[page-tables]") {
     check_not_present(ram.memory, map->cr3, 1 * GiB, 3);
 }
 
+TEST_CASE("4 KiB leaves below the small-leaf limit, 2 MiB leaves above it", "[page-tables]") {
+    TableRam ram;
+    // 64 MiB + 1 byte of "RAM" in 4K pages (rounded up to 66 MiB: 33 PTs), the rest of 4 GiB in 2M pages.
+    auto map = build_identity_map(ram.memory, TableRam::kArea, TableRam::kAreaSize, 4 * GiB, PageSize::k4K,
+                                  64 * MiB + 1);
+    REQUIRE(map.has_value());
+    CHECK(map->bytes_used == (2 + 4 + 33) * 4096);
+    CHECK(map->bytes_used == page_table_bytes_needed(4 * GiB, PageSize::k4K, 64 * MiB + 1));
+
+    for (std::uint64_t address : {std::uint64_t{0}, std::uint64_t{0x5123}, 64 * MiB, 66 * MiB - 1}) {
+        auto walked = walk(ram.memory, map->cr3, address);
+        REQUIRE(walked.has_value());
+        CHECK(walked->address.value == address);
+        CHECK(walked->page_size == PageSize::k4K);
+    }
+    for (std::uint64_t address : {66 * MiB, 3 * GiB + 0x1234, 4 * GiB - 1}) {
+        auto walked = walk(ram.memory, map->cr3, address);
+        REQUIRE(walked.has_value());
+        CHECK(walked->address.value == address);
+        CHECK(walked->page_size == PageSize::k2M);
+    }
+    check_not_present(ram.memory, map->cr3, 4 * GiB, 3);
+    CHECK(ram.bytes[TableRam::kArea.value + map->bytes_used] == kFill);
+
+    // The limit does not change 2M or 1G maps.
+    CHECK(page_table_bytes_needed(4 * GiB, PageSize::k2M, 64 * MiB) ==
+          page_table_bytes_needed(4 * GiB, PageSize::k2M));
+}
+
 TEST_CASE("the limit is rounded up to the leaf size", "[page-tables]") {
     TableRam ram;
     SECTION("4K") {

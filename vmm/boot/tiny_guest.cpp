@@ -32,14 +32,18 @@ prepare_tiny_guest(const GuestMemory& memory, std::span<const std::byte> elf, co
             fmt::format("guest image: loads at {:#x}, inside the monitor's low area", image->lowest.value));
 
     TinyGuestLayout layout;
-    // Map all RAM and the whole 32-bit space (LAPIC, IOAPIC, MMIO devices) with the chosen leaf.
+    // Map all RAM with the chosen leaf, and the rest of the 32-bit space (LAPIC, IOAPIC, MMIO devices)
+    // too: with 2 MiB leaves when the choice is 4K, so that a small guest does not pay for writing 8 MiB
+    // of page tables for a device space it touches a few pages of.
     const std::uint64_t leaf = page_size_bytes(params.guest_page);
-    layout.map_limit = align_up(std::max(memory.regions().back().end().value, std::uint64_t{1} << 32), leaf);
+    const std::uint64_t ram_end = memory.regions().back().end().value;
+    layout.map_limit =
+        align_up(std::max(ram_end, std::uint64_t{1} << 32), std::max(leaf, std::uint64_t{2} << 20));
 
     const std::uint64_t tables_at = align_up(image->highest.value + 1, 4096);
-    const std::uint64_t tables_size = page_table_bytes_needed(layout.map_limit, params.guest_page);
-    auto map =
-        build_identity_map(memory, GuestAddress{tables_at}, tables_size, layout.map_limit, params.guest_page);
+    const std::uint64_t tables_size = page_table_bytes_needed(layout.map_limit, params.guest_page, ram_end);
+    auto map = build_identity_map(memory, GuestAddress{tables_at}, tables_size, layout.map_limit,
+                                  params.guest_page, ram_end);
     if (!map) return std::unexpected("page tables: " + map.error().message);
     layout.cr3 = map->cr3;
 

@@ -41,6 +41,10 @@ int main(int argc, char** argv) {
     vmmlab::cli::add_knob_flags(*run, run_flags);
     run->add_flag("--print-config", run_options.print_config,
                   "print the effective configuration as JSON and exit");
+    run->add_option("--console-input", run_options.console_input,
+                    "where the guest's serial input comes from: stdin (a terminal is put in raw mode; "
+                    "Ctrl-A x quits) or none")
+        ->capture_default_str();
     run->add_flag("--boot-time", run_options.boot_time,
                   "print process start, first instruction and init times");
 

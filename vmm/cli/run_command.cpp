@@ -15,6 +15,25 @@
 
 namespace vmmlab::cli {
 
+RawTerminal::RawTerminal(int fd) : fd_(fd) {
+    if (::tcgetattr(fd_, &saved_) != 0) {
+        fd_ = -1;
+        return;
+    }
+    termios raw = saved_;
+    // Keystrokes go to the guest one by one and unechoed, Ctrl-C and Ctrl-Z included; output processing
+    // (OPOST: "\n" -> "\r\n") stays on, as the tiny guest ends its lines with "\n" only.
+    raw.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO | ECHONL | ISIG | IEXTEN);
+    raw.c_iflag &= ~static_cast<tcflag_t>(IXON | ICRNL | INLCR | IGNCR | ISTRIP | BRKINT);
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    ::tcsetattr(fd_, TCSANOW, &raw);
+}
+
+RawTerminal::~RawTerminal() {
+    if (fd_ >= 0) ::tcsetattr(fd_, TCSANOW, &saved_);
+}
+
 void add_knob_flags(CLI::App& command, KnobFlags& flags) {
     command.add_option("--profile", flags.profile, "untuned or tuned: the starting set of knob values")
         ->capture_default_str();
@@ -110,8 +129,23 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
         return 0;
     }
     if (!options.quiet_config) std::fprintf(stderr, "vmmlab: config: %s\n", describe(*config).c_str());
-    Vm vm(*config, embedded_guest_image());
+    ConsoleOptions console;
+    std::optional<RawTerminal> raw_terminal;
+    if (options.console_input == "stdin") {
+        console.input_fd = STDIN_FILENO;
+        if (::isatty(STDIN_FILENO)) {
+            raw_terminal.emplace(STDIN_FILENO);
+            console.escape = true;
+            std::fprintf(stderr, "vmmlab: the terminal is the guest's serial console; Ctrl-A x quits\n");
+        }
+    } else if (options.console_input != "none") {
+        std::fprintf(stderr, "vmmlab: --console-input %s: expected stdin or none\n",
+                     options.console_input.c_str());
+        return 2;
+    }
+    Vm vm(*config, embedded_guest_image(), std::move(console));
     auto report = vm.run();
+    raw_terminal.reset();
     std::fprintf(stderr, "vmmlab: %s; exit status %d\n", report.stop_reason.c_str(), report.exit_status);
     std::fprintf(stderr, "vmmlab: memory: %s\n", report.achieved_backing.c_str());
     std::fputs(describe_exits(report).c_str(), stderr);

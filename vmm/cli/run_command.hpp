@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <termios.h>
+
 #include "config/vm_config.hpp"
 #include "vm/vm.hpp"
 
@@ -25,10 +27,24 @@ void add_knob_flags(CLI::App& command, KnobFlags& flags);
 // Profile first, then the JSON file, then each flag given. Every error is one line naming the knob.
 std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus);
 
+// Puts a terminal into raw input mode for its lifetime and restores what was there before.
+class RawTerminal {
+public:
+    explicit RawTerminal(int fd);
+    ~RawTerminal();
+    RawTerminal(const RawTerminal&) = delete;
+    RawTerminal& operator=(const RawTerminal&) = delete;
+
+private:
+    int fd_;
+    termios saved_{};
+};
+
 struct RunOptions {
     bool print_config = false; // print the effective config as JSON and exit
     bool boot_time = false;    // print process start -> first instruction -> init -> end
     bool quiet_config = false;
+    std::string console_input = "stdin"; // stdin or none
 };
 int run_command(const KnobFlags& flags, const RunOptions& options);
 

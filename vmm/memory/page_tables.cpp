@@ -1,5 +1,6 @@
 #include "memory/page_tables.hpp"
 
+#include <algorithm>
 #include <array>
 
 #include <fmt/format.h>
@@ -45,10 +46,11 @@ struct LevelCounts {
     std::uint64_t tables() const { return 1 + pdpt_tables + pd_tables + pt_tables; }
 };
 
-LevelCounts level_counts(std::uint64_t limit, PageSize leaf) {
+// 4 KiB leaves cover [0, min(limit, small_leaf_limit)): one page table per 2 MiB of that.
+LevelCounts level_counts(std::uint64_t limit, PageSize leaf, std::uint64_t small_leaf_limit) {
     LevelCounts counts{divide_round_up(limit, k512G), 0, 0};
     if (leaf != PageSize::k1G) counts.pd_tables = divide_round_up(limit, k1G);
-    if (leaf == PageSize::k4K) counts.pt_tables = divide_round_up(limit, k2M);
+    if (leaf == PageSize::k4K) counts.pt_tables = divide_round_up(std::min(limit, small_leaf_limit), k2M);
     return counts;
 }
 
@@ -86,13 +88,13 @@ std::uint64_t page_size_bytes(PageSize size) {
     return k4K;
 }
 
-std::uint64_t page_table_bytes_needed(std::uint64_t limit, PageSize leaf) {
-    return level_counts(limit, leaf).tables() * kPageTableSize;
+std::uint64_t page_table_bytes_needed(std::uint64_t limit, PageSize leaf, std::uint64_t small_leaf_limit) {
+    return level_counts(limit, leaf, small_leaf_limit).tables() * kPageTableSize;
 }
 
 std::expected<IdentityMap, PageTableError> build_identity_map(const GuestMemory& memory, GuestAddress area,
                                                               std::uint64_t area_size, std::uint64_t limit,
-                                                              PageSize leaf) {
+                                                              PageSize leaf, std::uint64_t small_leaf_limit) {
     using Kind = PageTableError::Kind;
     if (area.value % kPageTableSize != 0)
         return std::unexpected(PageTableError{
@@ -101,7 +103,7 @@ std::expected<IdentityMap, PageTableError> build_identity_map(const GuestMemory&
         return std::unexpected(PageTableError{
             Kind::LimitTooLarge, fmt::format("identity map limit {:#x} is above {:#x} (4-level paging)",
                                              limit, kMaxIdentityMapLimit)});
-    const LevelCounts counts = level_counts(limit, leaf);
+    const LevelCounts counts = level_counts(limit, leaf, small_leaf_limit);
     const std::uint64_t needed = counts.tables() * kPageTableSize;
     if (needed > area_size)
         return std::unexpected(PageTableError{
@@ -138,11 +140,15 @@ std::expected<IdentityMap, PageTableError> build_identity_map(const GuestMemory&
     if (written && leaf != PageSize::k1G) {
         if (leaf == PageSize::k2M)
             written = write_level(memory, pds, counts.pd_tables, leaves, leaf_of(k2M));
-        else
-            written = write_level(memory, pds, counts.pd_tables, counts.pt_tables, points_to(pts));
+        else // the first pt_tables entries point to page tables, the rest up to the limit are 2M leaves
+            written =
+                write_level(memory, pds, counts.pd_tables, divide_round_up(limit, k2M), [&](std::uint64_t g) {
+                    return g < counts.pt_tables ? points_to(pts)(g) : leaf_of(k2M)(g);
+                });
     }
     if (written && leaf == PageSize::k4K)
-        written = write_level(memory, pts, counts.pt_tables, leaves, leaf_of(k4K));
+        written = write_level(memory, pts, counts.pt_tables,
+                              std::min(leaves, counts.pt_tables * kEntriesPerTable), leaf_of(k4K));
     if (!written) // checked above; kept so a broken GuestMemory cannot go unnoticed
         return std::unexpected(PageTableError{Kind::AreaOutsideRam, written.error().describe()});
     return IdentityMap{pml4.value, needed};

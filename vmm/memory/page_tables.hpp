@@ -2,8 +2,11 @@
 // a walker that translates a guest virtual address through whatever tables CR3 points at (for tracing and
 // disassembly at a guest RIP).
 //
-// The identity map covers [0, limit) with one leaf size. Entries are Present | Writable (plus PS for 2 MiB
-// and 1 GiB leaves); no NX, no User, no caching bits. The tables are laid out in one contiguous area:
+// The identity map covers [0, limit) with one leaf size, or, for 4 KiB leaves, optionally 4 KiB pages
+// below `small_leaf_limit` (rounded up to 2 MiB) and 2 MiB pages above it: RAM gets the page size under
+// study while the device space up to 4 GiB costs no page tables worth mentioning. Entries are Present |
+// Writable (plus PS for 2 MiB and 1 GiB leaves); no NX, no User, no caching bits. The tables are laid out in
+// one contiguous area:
 //   PML4 (one page) | PDPTs | PDs (2M and 4K leaves) | PTs (4K leaves)
 // each level's tables in address order. Entries past the limit are zero (not present). 1 GiB leaves need
 // the CPU's pdpe1gb feature; checking it is the caller's job.
@@ -29,7 +32,9 @@ std::uint64_t page_size_bytes(PageSize size);
 
 // Bytes of page tables build_identity_map writes for [0, limit) with `leaf` pages (limit rounded up to
 // the leaf size): a multiple of 4096, at least one page (the PML4).
-std::uint64_t page_table_bytes_needed(std::uint64_t limit, PageSize leaf);
+inline constexpr std::uint64_t kWholeMap = ~std::uint64_t{0};
+std::uint64_t page_table_bytes_needed(std::uint64_t limit, PageSize leaf,
+                                      std::uint64_t small_leaf_limit = kWholeMap);
 
 struct PageTableError {
     enum class Kind {
@@ -44,14 +49,15 @@ struct PageTableError {
 
 struct IdentityMap {
     std::uint64_t cr3;        // guest-physical address of the PML4 (= the area's start)
-    std::uint64_t bytes_used; // = page_table_bytes_needed(limit, leaf)
+    std::uint64_t bytes_used; // = page_table_bytes_needed(limit, leaf, small_leaf_limit)
 };
 
 // Writes an identity map of [0, round_up(limit, leaf)) into [area, area + area_size). Everything is
-// checked before any byte is written.
+// checked before any byte is written. `small_leaf_limit` matters for 4 KiB leaves only (see above).
 std::expected<IdentityMap, PageTableError> build_identity_map(const GuestMemory& memory, GuestAddress area,
                                                               std::uint64_t area_size, std::uint64_t limit,
-                                                              PageSize leaf);
+                                                              PageSize leaf,
+                                                              std::uint64_t small_leaf_limit = kWholeMap);
 
 struct WalkError {
     enum class Kind {

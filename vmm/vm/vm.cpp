@@ -20,6 +20,7 @@
 #include "cpu/vcpu_thread.hpp"
 #include "devices/legacy/debug_ports.hpp"
 #include "devices/legacy/serial.hpp"
+#include "devices/legacy/serial_input.hpp"
 #include "guest/abi/boot_abi.hpp"
 #include "kvm/capabilities.hpp"
 #include "kvm/kvm.hpp"
@@ -251,11 +252,19 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
     report.first_run_us = microseconds_since_process_start();
     for (auto& vcpu : s.vcpus)
         vcpu->start(s.pio, s.mmio, s.unclaimed, s.control);
+    std::optional<devices::SerialInputPump> input;
+    if (s.console.input_fd >= 0)
+        input.emplace(s.serial, s.console.input_fd,
+                      devices::SerialInputPump::Options{.escape = s.console.escape, .on_quit = [&s] {
+                                                            s.control.request_stop(
+                                                                0, "the user quit with Ctrl-A x");
+                                                        }});
     if (timeout.count() > 0 && !s.control.wait_for_stop(timeout))
         s.control.request_stop(
             124, fmt::format("timed out after {} ms; the guest did not end the VM", timeout.count()));
     for (auto& vcpu : s.vcpus)
         vcpu->join();
+    input.reset();
     report.end_us = microseconds_since_process_start();
     {
         std::lock_guard lock(s.output_mutex);

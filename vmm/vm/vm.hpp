@@ -38,6 +38,10 @@ struct RunReport {
 struct ConsoleOptions {
     // Receives every byte the guest writes to its serial port; defaults to stdout.
     std::function<void(std::span<const std::byte>)> output;
+    // Where the serial port's input comes from: a descriptor the caller keeps open for the run (e.g.
+    // stdin), or -1 for none. `escape`: Ctrl-A x ends the VM (status 0); for a terminal in raw mode.
+    int input_fd = -1;
+    bool escape = false;
 };
 
 class Vm {

@@ -53,10 +53,7 @@ int main(int argc, char** argv) {
     auto* compare =
         app.add_subcommand("compare", "run a workload natively, untuned and tuned; print one table");
     vmmlab::cli::add_knob_flags(*compare, compare_flags);
-    compare->add_option("--workload", compare_options.workload, "the guest command line to compare")
-        ->capture_default_str();
-    compare->add_option("--runs", compare_options.runs, "runs of each column")->capture_default_str();
-    compare->add_flag("!--no-native", compare_options.native, "leave out the native column");
+    vmmlab::cli::add_compare_flags(*compare, compare_options);
 
     CLI11_PARSE(app, argc, argv);
     spdlog::set_level(spdlog::level::from_str(log_level));

@@ -99,6 +99,27 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     return result;
 }
 
+void add_compare_flags(CLI::App& command, CompareOptions& options) {
+    command.add_option("--workload", options.workload, "the guest command line to compare")
+        ->capture_default_str();
+    command.add_option("--runs", options.runs, "runs of each column")->capture_default_str();
+    command.add_option("--variant", options.variants,
+                       "LABEL=FLAGS: a column with these knob flags instead of untuned/tuned, e.g. "
+                       "--variant '4k=--guest-page 4k' --variant '2m=--guest-page 2m' (repeatable)");
+    command.add_flag("!--no-native", options.native, "leave out the native column");
+}
+
+std::expected<KnobFlags, std::string> apply_flag_text(KnobFlags base, const std::string& text) {
+    CLI::App parser{"variant"};
+    add_knob_flags(parser, base);
+    try {
+        parser.parse(text, false);
+    } catch (const CLI::ParseError& error) {
+        return std::unexpected(fmt::format("'{}': {}", text, error.what()));
+    }
+    return base;
+}
+
 std::string describe_exits(const RunReport& report) {
     std::string out;
     for (std::size_t vcpu = 0; vcpu < report.exit_counts.size(); ++vcpu) {
@@ -223,18 +244,38 @@ std::expected<std::vector<GuestResult>, std::string> run_native(const std::strin
 int compare_command(const KnobFlags& flags, const CompareOptions& options) {
     const unsigned host_cpus = x86::read_host_cpu().logical_cpus;
     std::vector<std::pair<std::string, Column>> columns;
+    std::map<std::string, KnobFlags> column_flags; // per VM column
     const std::string native = options.native ? native_program() : std::string{};
     if (!native.empty()) columns.emplace_back("native", Column{});
-    columns.emplace_back("untuned", Column{});
-    columns.emplace_back("tuned", Column{});
+    if (options.variants.empty())
+        for (const char* profile : {"untuned", "tuned"}) {
+            columns.emplace_back(profile, Column{});
+            column_flags[profile] = flags;
+            column_flags[profile].profile = profile;
+        }
+    for (const auto& variant : options.variants) {
+        const auto equals = variant.find('=');
+        const std::string label = variant.substr(0, equals);
+        if (equals == std::string::npos || label.empty() || label.starts_with('-') ||
+            column_flags.contains(label) || label == "native") {
+            std::fprintf(stderr, "vmmlab: --variant '%s': expected LABEL=FLAGS with a new label\n",
+                         variant.c_str());
+            return 2;
+        }
+        auto parsed = apply_flag_text(flags, variant.substr(equals + 1));
+        if (!parsed) {
+            std::fprintf(stderr, "vmmlab: --variant %s\n", parsed.error().c_str());
+            return 2;
+        }
+        columns.emplace_back(label, Column{});
+        column_flags[label] = *parsed;
+    }
     std::map<std::string, std::pair<std::uint64_t, double>> exits; // column -> exits, seconds
 
     for (auto& [name, column] : columns) {
         if (name == "native") continue;
-        KnobFlags column_flags = flags;
-        column_flags.profile = name;
-        column_flags.guest_cmdline = options.workload;
-        auto config = build_config(column_flags, host_cpus);
+        column_flags[name].guest_cmdline = options.workload;
+        auto config = build_config(column_flags[name], host_cpus);
         if (!config) {
             std::fprintf(stderr, "vmmlab: %s\n", config.error().c_str());
             return 2;
@@ -253,10 +294,7 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
                 }
                 results = *native_results;
             } else {
-                KnobFlags column_flags = flags;
-                column_flags.profile = name;
-                column_flags.guest_cmdline = options.workload;
-                auto config = build_config(column_flags, host_cpus).value();
+                auto config = build_config(column_flags[name], host_cpus).value();
                 Vm vm(config, embedded_guest_image(), ConsoleOptions{[](std::span<const std::byte>) {}});
                 auto report = vm.run();
                 if (report.exit_status != 0) {

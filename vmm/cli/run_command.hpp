@@ -48,11 +48,18 @@ struct RunOptions {
 };
 int run_command(const KnobFlags& flags, const RunOptions& options);
 
+// Knob flags written as one string ("--guest-page 2m --backing thp") applied on top of `base`.
+std::expected<KnobFlags, std::string> apply_flag_text(KnobFlags base, const std::string& text);
+
 struct CompareOptions {
     std::string workload = "stream size=64M";
     unsigned runs = 3;
     bool native = true;
+    // "LABEL=FLAGS" columns to compare instead of the untuned and tuned profiles, e.g.
+    // "2m=--guest-page 2m"; each starts from the command's own flags.
+    std::vector<std::string> variants;
 };
+void add_compare_flags(CLI::App& command, CompareOptions& options);
 int compare_command(const KnobFlags& flags, const CompareOptions& options);
 
 // A one-paragraph summary of exits per kind and vCPU, for the end of a run.

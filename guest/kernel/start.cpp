@@ -95,9 +95,29 @@ vmmlab_isr_timer:                 /* LAPIC timer: count, EOI, return */
     lock incq vmmlab_timer_count(%rip)
     mov vmmlab_apic_eoi(%rip), %rax
     movl $0, (%rax)
-    pop %rax
+    /* Taken between vmmlab_safe_halt's STI and HLT (the STI shadow was not honoured, as happens under
+       nested SVM in TCG): return past the HLT, or the CPU would halt with its wake-up already spent. */
+    lea vmmlab_halt_site(%rip), %rax
+    cmp %rax, 8(%rsp)
+    jne 1f
+    lea vmmlab_halt_done(%rip), %rax
+    mov %rax, 8(%rsp)
+    lock incq vmmlab_halt_shadow_misses(%rip)
+1:  pop %rax
     iretq
     .size vmmlab_isr_timer, . - vmmlab_isr_timer
+
+    /* sti; hlt; cli with interrupts taken only while halted (the STI shadow covers the HLT). */
+    .globl vmmlab_safe_halt
+    .type vmmlab_safe_halt, @function
+vmmlab_safe_halt:
+    sti
+vmmlab_halt_site:
+    hlt
+vmmlab_halt_done:
+    cli
+    ret
+    .size vmmlab_safe_halt, . - vmmlab_safe_halt
 
     .globl vmmlab_isr_spurious
     .type vmmlab_isr_spurious, @function

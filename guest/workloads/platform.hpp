@@ -64,7 +64,7 @@ struct ExitMeasurement {
     uint64_t completed = 0; // round trips timed
     uint64_t ticks = 0;     // TSC ticks for all of them
     Text note;              // why not supported, or which instruction was used
-    int64_t detail = 0;     // Hypercall: the RAX the hypervisor returned
+    int64_t detail = 0;     // Hypercall: the RAX the hypervisor returned; Hlt: wake-ups inside the STI shadow
 };
 
 ExitMeasurement measure_exits(const ExitRequest& request);

@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
                     "where the guest's serial input comes from: stdin (a terminal is put in raw mode; "
                     "Ctrl-A x quits) or none")
         ->capture_default_str();
+    run->add_option("--timeout", run_options.timeout_s,
+                    "seconds the guest may run; then the VM is stopped with status 124 (0: no limit)");
     run->add_flag("--boot-time", run_options.boot_time,
                   "print process start, first instruction and init times");
 

@@ -1,5 +1,7 @@
 #include "cli/run_command.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -99,7 +101,15 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     return result;
 }
 
+namespace {
+std::chrono::milliseconds to_milliseconds(double seconds) {
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::max(0.0, seconds) * 1000));
+}
+} // namespace
+
 void add_compare_flags(CLI::App& command, CompareOptions& options) {
+    command.add_option("--timeout", options.timeout_s,
+                       "seconds each VM run may take; then it is stopped with status 124 (0: no limit)");
     command.add_option("--workload", options.workload, "the guest command line to compare")
         ->capture_default_str();
     command.add_option("--runs", options.runs, "runs of each column")->capture_default_str();
@@ -165,7 +175,7 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
         return 2;
     }
     Vm vm(*config, embedded_guest_image(), std::move(console));
-    auto report = vm.run();
+    auto report = vm.run(to_milliseconds(options.timeout_s));
     raw_terminal.reset();
     std::fprintf(stderr, "vmmlab: %s; exit status %d\n", report.stop_reason.c_str(), report.exit_status);
     std::fprintf(stderr, "vmmlab: memory: %s\n", report.achieved_backing.c_str());
@@ -296,7 +306,7 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
             } else {
                 auto config = build_config(column_flags[name], host_cpus).value();
                 Vm vm(config, embedded_guest_image(), ConsoleOptions{[](std::span<const std::byte>) {}});
-                auto report = vm.run();
+                auto report = vm.run(to_milliseconds(options.timeout_s));
                 if (report.exit_status != 0) {
                     std::fprintf(stderr, "vmmlab: %s run %u: %s, exit status %d\n", name.c_str(), run + 1,
                                  report.stop_reason.c_str(), report.exit_status);

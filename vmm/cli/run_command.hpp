@@ -45,6 +45,7 @@ struct RunOptions {
     bool boot_time = false;    // print process start -> first instruction -> init -> end
     bool quiet_config = false;
     std::string console_input = "stdin"; // stdin or none
+    double timeout_s = 0;                // stop the VM with status 124 after this long; 0: never
 };
 int run_command(const KnobFlags& flags, const RunOptions& options);
 
@@ -58,6 +59,7 @@ struct CompareOptions {
     // "LABEL=FLAGS" columns to compare instead of the untuned and tuned profiles, e.g.
     // "2m=--guest-page 2m"; each starts from the command's own flags.
     std::vector<std::string> variants;
+    double timeout_s = 0; // per VM run, as for `run`
 };
 void add_compare_flags(CLI::App& command, CompareOptions& options);
 int compare_command(const KnobFlags& flags, const CompareOptions& options);

@@ -1,0 +1,251 @@
+#include "arch/x86/acpi.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace vmmlab::x86::acpi {
+
+namespace {
+
+constexpr std::string_view kOemId = "VMMLAB";   // 6 bytes
+constexpr std::string_view kCreatorId = "VMML"; // 4 bytes
+constexpr std::uint32_t kOemRevision = 1;
+constexpr std::uint32_t kCreatorRevision = 1;
+constexpr std::size_t kRsdpSize = 36;
+constexpr std::size_t kChecksumOffset = 9;
+
+// Generic Address Structure (ACPI 6.5, 5.2.3.2): a byte-wide register in system I/O space.
+constexpr std::uint8_t kSpaceSystemIo = 1;
+constexpr std::uint8_t kAccessByte = 1;
+
+// MADT entry types (ACPI 6.5, 5.2.12).
+constexpr std::uint8_t kMadtLocalApic = 0;
+constexpr std::uint8_t kMadtIoApic = 1;
+constexpr std::uint8_t kMadtInterruptOverride = 2;
+constexpr std::uint8_t kMadtLocalApicNmi = 4;
+constexpr std::uint8_t kMadtLocalX2apic = 9;
+constexpr std::uint16_t kMpsActiveHighEdge = 0x0005; // MPS INTI flags: polarity 01 (high), trigger 01 (edge)
+
+// Appends little-endian fields to a byte vector; tables are written at their final offsets.
+class Writer {
+public:
+    explicit Writer(std::vector<std::byte>& out) : out_(out) {}
+    std::size_t offset() const { return out_.size(); }
+    void align(std::size_t alignment) { out_.resize((out_.size() + alignment - 1) / alignment * alignment); }
+    template <typename T>
+    void put(T value) {
+        const auto at = out_.size();
+        out_.resize(at + sizeof value);
+        std::memcpy(out_.data() + at, &value, sizeof value);
+    }
+    void u8(std::uint64_t value) { put(static_cast<std::uint8_t>(value)); }
+    void u16(std::uint64_t value) { put(static_cast<std::uint16_t>(value)); }
+    void u32(std::uint64_t value) { put(static_cast<std::uint32_t>(value)); }
+    void u64(std::uint64_t value) { put(value); }
+    // Exactly `width` bytes of `text`, padded with spaces (OEM IDs) or zeros.
+    void text(std::string_view text, std::size_t width, char pad = ' ') {
+        for (std::size_t i = 0; i < width; ++i)
+            u8(static_cast<unsigned char>(i < text.size() ? text[i] : pad));
+    }
+    void bytes(std::span<const std::byte> data) { out_.insert(out_.end(), data.begin(), data.end()); }
+    void zeros(std::size_t count) { out_.resize(out_.size() + count); }
+    void patch_u32(std::size_t at, std::uint32_t value) {
+        std::memcpy(out_.data() + at, &value, sizeof value);
+    }
+    void patch_u8(std::size_t at, std::uint8_t value) { out_[at] = std::byte{value}; }
+    std::span<const std::byte> span(std::size_t from, std::size_t length) const {
+        return std::span<const std::byte>(out_).subspan(from, length);
+    }
+
+    // Generic Address Structure for a byte-wide I/O port.
+    void io_register(std::uint16_t port) {
+        u8(kSpaceSystemIo);
+        u8(8); // register bit width
+        u8(0); // bit offset
+        u8(kAccessByte);
+        u64(port);
+    }
+
+private:
+    std::vector<std::byte>& out_;
+};
+
+// Starts a system description table: header with length and checksum to be filled by end_table.
+std::size_t begin_table(Writer& w, std::string_view signature, std::uint8_t revision,
+                        std::string_view table_id) {
+    w.align(16);
+    const std::size_t start = w.offset();
+    w.text(signature, 4);
+    w.u32(0); // length, patched
+    w.u8(revision);
+    w.u8(0); // checksum, patched
+    w.text(kOemId, 6);
+    w.text(table_id, 8);
+    w.u32(kOemRevision);
+    w.text(kCreatorId, 4);
+    w.u32(kCreatorRevision);
+    return start;
+}
+
+void end_table(Writer& w, std::size_t start) {
+    const std::size_t length = w.offset() - start;
+    w.patch_u32(start + 4, static_cast<std::uint32_t>(length));
+    w.patch_u8(start + kChecksumOffset, checksum_byte(w.span(start, length)));
+}
+
+void write_madt(Writer& w, const AcpiConfig& config) {
+    w.u32(kLocalApicAddress);
+    w.u32(config.pcat_compat ? kMadtPcatCompat : 0);
+    for (unsigned vcpu = 0; vcpu < config.vcpus; ++vcpu) {
+        if (vcpu < 0xff) { // xAPIC IDs stop at 0xfe (0xff is the broadcast ID)
+            w.u8(kMadtLocalApic);
+            w.u8(8);
+            w.u8(vcpu); // ACPI processor UID
+            w.u8(vcpu); // APIC ID
+            w.u32(1);   // enabled
+        } else {
+            w.u8(kMadtLocalX2apic);
+            w.u8(16);
+            w.u16(0);
+            w.u32(vcpu); // x2APIC ID
+            w.u32(1);    // enabled
+            w.u32(vcpu); // ACPI processor UID
+        }
+    }
+    w.u8(kMadtIoApic);
+    w.u8(12);
+    w.u8(config.ioapic_id);
+    w.u8(0);
+    w.u32(config.ioapic_address);
+    w.u32(config.ioapic_gsi_base);
+    // ISA IRQ 0 (the PIT) arrives on IO-APIC input 2, as on every PC since the MP spec.
+    w.u8(kMadtInterruptOverride);
+    w.u8(10);
+    w.u8(0); // bus: ISA
+    w.u8(0); // source: IRQ 0
+    w.u32(config.ioapic_gsi_base + 2);
+    w.u16(kMpsActiveHighEdge);
+    // NMI arrives on LINT1 of every processor.
+    w.u8(kMadtLocalApicNmi);
+    w.u8(6);
+    w.u8(0xff); // all processors
+    w.u16(kMpsActiveHighEdge);
+    w.u8(1); // LINT1
+}
+
+void write_fadt(Writer& w, const AcpiConfig& config, std::uint64_t dsdt) {
+    w.u32(0);                      // 36 FIRMWARE_CTRL: no FACS on a hardware-reduced platform
+    w.u32(dsdt);                   // 40 DSDT
+    w.u8(0);                       // 44 reserved
+    w.u8(0);                       // 45 Preferred_PM_Profile: unspecified
+    w.u16(config.sci_interrupt);   // 46 SCI_INT
+    w.zeros(96 - 48);              // 48 SMI_CMD .. 95 CST_CNT: no fixed hardware
+    w.zeros(108 - 96);             // 96 P_LVL2_LAT .. 107 MON_ALRM
+    w.u8(config.century_register); // 108 CENTURY
+    w.u16(kBootArchLegacyDevices | kBootArchVgaNotPresent | (config.i8042 ? kBootArch8042 : 0) |
+          (config.cmos_rtc ? 0 : kBootArchCmosRtcNotPresent)); // 109 IAPC_BOOT_ARCH
+    w.u8(0);                                                   // 111 reserved
+    w.u32(kFadtWbinvd | kFadtPowerButton | kFadtSleepButton | kFadtResetRegSupported |
+          kFadtHardwareReduced);              // 112 Flags
+    w.io_register(config.reset_port);         // 116 RESET_REG
+    w.u8(config.reset_value);                 // 128 RESET_VALUE
+    w.u16(0);                                 // 129 ARM_BOOT_ARCH
+    w.u8(5);                                  // 131 FADT minor version: ACPI 6.5
+    w.u64(0);                                 // 132 X_FIRMWARE_CTRL
+    w.u64(dsdt);                              // 140 X_DSDT
+    w.zeros(244 - 148);                       // 148 X_PM1a_EVT_BLK .. X_GPE1_BLK: none
+    w.io_register(config.sleep_control_port); // 244 SLEEP_CONTROL_REG
+    w.io_register(config.sleep_status_port);  // 256 SLEEP_STATUS_REG
+    w.text("VMMLAB", 8, '\0');                // 268 Hypervisor Vendor Identity
+}
+
+} // namespace
+
+std::uint8_t checksum_byte(std::span<const std::byte> bytes) {
+    unsigned sum = 0;
+    for (std::byte byte : bytes)
+        sum += std::to_integer<unsigned>(byte);
+    return static_cast<std::uint8_t>(0x100 - (sum & 0xff));
+}
+
+std::vector<std::byte> s5_package_aml(std::uint8_t sleep_type) {
+    constexpr std::uint8_t kNameOp = 0x08, kPackageOp = 0x12, kBytePrefix = 0x0a, kZeroOp = 0x00;
+    const std::array<std::uint8_t, 13> aml{kNameOp,    '_',     'S',    '5',         '_',
+                                           kPackageOp, 0x07,    0x04,   kBytePrefix, sleep_type,
+                                           kZeroOp,    kZeroOp, kZeroOp};
+    std::vector<std::byte> bytes(aml.size());
+    std::memcpy(bytes.data(), aml.data(), aml.size());
+    return bytes;
+}
+
+std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const AcpiConfig& config) {
+    if (base.value % 16 != 0)
+        return std::unexpected(fmt::format("ACPI: base {:#x} is not 16-byte aligned", base.value));
+    if (base.value >= 0xffff0000)
+        return std::unexpected(fmt::format("ACPI: base {:#x} leaves no room below 4 GiB", base.value));
+    if (config.vcpus == 0 || config.vcpus > kMaxVcpus)
+        return std::unexpected(
+            fmt::format("ACPI: {} vCPUs; the MADT takes 1 to {}", config.vcpus, kMaxVcpus));
+    if (config.s5_sleep_type > 7)
+        return std::unexpected(
+            fmt::format("ACPI: S5 sleep type {} does not fit SLP_TYP (0-7)", config.s5_sleep_type));
+
+    AcpiImage image;
+    Writer w(image.bytes);
+    const auto at = [&](std::size_t offset) { return GuestAddress{base.value + offset}; };
+
+    // RSDP, revision 2; the XSDT address is patched once known.
+    w.text("RSD PTR ", 8);
+    w.u8(0); // checksum over the first 20 bytes, patched
+    w.text(kOemId, 6);
+    w.u8(2);          // revision: ACPI 2.0+
+    w.u32(0);         // RsdtAddress: none, the XSDT serves
+    w.u32(kRsdpSize); // Length
+    w.u64(0);         // XsdtAddress, patched
+    w.u8(0);          // extended checksum over all 36 bytes, patched
+    w.zeros(3);
+
+    // DSDT first so the FADT can point at it; then FADT, MADT, and the XSDT listing those two.
+    const std::size_t dsdt = begin_table(w, "DSDT", 2, "VMMLDSDT");
+    w.bytes(s5_package_aml(config.s5_sleep_type));
+    end_table(w, dsdt);
+
+    const std::size_t fadt = begin_table(w, "FACP", 6, "VMMLFACP");
+    write_fadt(w, config, at(dsdt).value);
+    end_table(w, fadt);
+
+    const std::size_t madt = begin_table(w, "APIC", 5, "VMMLMADT");
+    write_madt(w, config);
+    end_table(w, madt);
+
+    const std::size_t xsdt = begin_table(w, "XSDT", 1, "VMMLXSDT");
+    w.u64(at(fadt).value);
+    w.u64(at(madt).value);
+    end_table(w, xsdt);
+
+    const std::uint64_t xsdt_address = at(xsdt).value;
+    std::memcpy(image.bytes.data() + 24, &xsdt_address, sizeof xsdt_address);
+    w.patch_u8(8, checksum_byte(w.span(0, 20)));
+    w.patch_u8(32, checksum_byte(w.span(0, kRsdpSize)));
+
+    image.tables = AcpiTables{at(0), at(xsdt), at(fadt), at(madt), at(dsdt), image.bytes.size()};
+    return image;
+}
+
+std::expected<AcpiTables, std::string> write_acpi_tables(const GuestMemory& memory, GuestAddress base,
+                                                         std::uint64_t area_size, const AcpiConfig& config) {
+    auto image = build_acpi_tables(base, config);
+    if (!image) return std::unexpected(image.error());
+    if (image->bytes.size() > area_size)
+        return std::unexpected(fmt::format("ACPI: the tables take {:#x} bytes; the area at {:#x} has {:#x}",
+                                           image->bytes.size(), base.value, area_size));
+    if (auto written = memory.write(base, image->bytes); !written)
+        return std::unexpected("ACPI: " + written.error().describe());
+    return image->tables;
+}
+
+} // namespace vmmlab::x86::acpi

@@ -47,6 +47,14 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     run->add_option("--timeout", run_options.timeout_s,
                     "seconds the guest may run; then the VM is stopped with status 124 (0: no limit)");
+    run->add_flag("--stats", run_options.stats,
+                  "end-of-run table: userspace exits by reason and device with latency percentiles, and "
+                  "KVM's own exit statistics");
+    run->add_option("--stats-json", run_options.stats_json, "write the --stats figures as JSON to FILE");
+    run->add_option("--trace", run_options.trace,
+                    "write the latest exits of each vCPU as Chrome trace-event JSON to FILE (Perfetto)");
+    run->add_option("--trace-capacity", run_options.trace_capacity, "exits kept per vCPU for --trace")
+        ->capture_default_str();
     run->add_flag("--boot-time", run_options.boot_time,
                   "print process start, first instruction and init times");
 
@@ -57,12 +65,21 @@ int main(int argc, char** argv) {
     vmmlab::cli::add_knob_flags(*compare, compare_flags);
     vmmlab::cli::add_compare_flags(*compare, compare_options);
 
+    auto* trace = app.add_subcommand("trace", "work with exit traces");
+    trace->require_subcommand(1);
+    std::string trace_file;
+    std::size_t trace_top = 10;
+    auto* trace_report = trace->add_subcommand("report", "summarise a trace written by `run --trace FILE`");
+    trace_report->add_option("FILE", trace_file, "the trace file")->required();
+    trace_report->add_option("--top", trace_top, "exit sites (RIPs) to list")->capture_default_str();
+
     CLI11_PARSE(app, argc, argv);
     spdlog::set_level(spdlog::level::from_str(log_level));
 
     try {
         if (info->parsed()) return run_info(info_options, info_json);
         if (run->parsed()) return vmmlab::cli::run_command(run_flags, run_options);
+        if (trace_report->parsed()) return vmmlab::cli::trace_report_command(trace_file, trace_top);
         if (compare->parsed()) return vmmlab::cli::compare_command(compare_flags, compare_options);
     } catch (const std::exception& error) {
         std::fprintf(stderr, "vmmlab: %s\n", error.what());

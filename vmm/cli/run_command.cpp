@@ -14,6 +14,9 @@
 
 #include "arch/x86/host_cpu.hpp"
 #include "guest/embedded_image.hpp"
+#include "trace/chrome_trace.hpp"
+#include "trace/exit_stats.hpp"
+#include "trace/kvm_stats.hpp"
 
 namespace vmmlab::cli {
 
@@ -107,6 +110,16 @@ std::chrono::milliseconds to_milliseconds(double seconds) {
 }
 } // namespace
 
+int trace_report_command(const std::string& path, std::size_t top) {
+    auto summary = summarize_trace_file(path, top);
+    if (!summary) {
+        std::fprintf(stderr, "vmmlab: %s\n", summary.error().message.c_str());
+        return 1;
+    }
+    std::fputs(format_trace_summary(*summary).c_str(), stdout);
+    return 0;
+}
+
 void add_compare_flags(CLI::App& command, CompareOptions& options) {
     command.add_option("--timeout", options.timeout_s,
                        "seconds each VM run may take; then it is stopped with status 124 (0: no limit)");
@@ -174,12 +187,54 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
                      options.console_input.c_str());
         return 2;
     }
-    Vm vm(*config, embedded_guest_image(), std::move(console));
+    TraceOptions trace{.counters = options.stats || !options.stats_json.empty(),
+                       .kernel_stats = options.stats || !options.stats_json.empty(),
+                       .timeline_path = options.trace,
+                       .ring_capacity = options.trace_capacity};
+    Vm vm(*config, embedded_guest_image(), std::move(console), std::move(trace));
     auto report = vm.run(to_milliseconds(options.timeout_s));
     raw_terminal.reset();
     std::fprintf(stderr, "vmmlab: %s; exit status %d\n", report.stop_reason.c_str(), report.exit_status);
     std::fprintf(stderr, "vmmlab: memory: %s\n", report.achieved_backing.c_str());
     std::fputs(describe_exits(report).c_str(), stderr);
+    const auto run_time = std::chrono::nanoseconds(
+        static_cast<std::int64_t>(std::max(0.0, report.end_us - report.first_run_us) * 1000));
+    if (options.stats && report.exit_stats) {
+        std::fprintf(stderr, "\nuserspace exits (time in the monitor per exit):\n%s",
+                     format_exit_stats(*report.exit_stats, *report.sites, run_time).c_str());
+        if (report.kernel_vcpu_stats)
+            std::fprintf(
+                stderr, "\nKVM's own statistics over the run (vCPUs summed; * = exits and halts):\n%s",
+                format_kvm_stats(report.kernel_vcpu_stats->layout, report.kernel_vcpu_stats->snapshot)
+                    .c_str());
+        else
+            std::fprintf(stderr, "\nKVM's own statistics: unavailable (%s)\n",
+                         report.kernel_stats_note.c_str());
+    }
+    if (!options.stats_json.empty() && report.exit_stats) {
+        nlohmann::json json;
+        json["config"] = to_json(*config);
+        json["exit_status"] = report.exit_status;
+        json["userspace_exits"] = exit_stats_json(*report.exit_stats, *report.sites, run_time);
+        if (report.kernel_vm_stats)
+            json["kvm_vm_stats"] =
+                kvm_stats_json(report.kernel_vm_stats->layout, report.kernel_vm_stats->snapshot);
+        if (report.kernel_vcpu_stats)
+            json["kvm_vcpu_stats"] =
+                kvm_stats_json(report.kernel_vcpu_stats->layout, report.kernel_vcpu_stats->snapshot);
+        std::ofstream out(options.stats_json);
+        out << json.dump(2) << '\n';
+        if (!out) {
+            std::fprintf(stderr, "vmmlab: --stats-json %s: cannot write\n", options.stats_json.c_str());
+            return 1;
+        }
+    }
+    if (!options.trace.empty())
+        std::fprintf(
+            stderr,
+            "vmmlab: trace: %llu exits written to %s (%llu older ones dropped; see --trace-capacity)\n",
+            static_cast<unsigned long long>(report.trace_records), options.trace.c_str(),
+            static_cast<unsigned long long>(report.trace_dropped));
     if (options.boot_time) {
         std::fprintf(stderr, "vmmlab: boot time: process start -> VM set up %.0f us -> first KVM_RUN %.0f us",
                      report.setup_done_us, report.first_run_us);
@@ -280,7 +335,11 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
         columns.emplace_back(label, Column{});
         column_flags[label] = *parsed;
     }
-    std::map<std::string, std::pair<std::uint64_t, double>> exits; // column -> exits, seconds
+    struct ColumnExits {
+        ExitCounts counts; // summed over vCPUs and runs
+        double seconds = 0;
+    };
+    std::map<std::string, ColumnExits> exits; // VM column -> its exits and guest run time
 
     for (auto& [name, column] : columns) {
         if (name == "native") continue;
@@ -313,11 +372,11 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
                     return 1;
                 }
                 results = report.results;
-                auto& [count, seconds] = exits[name];
+                auto& column_exits = exits[name];
                 for (const auto& counts : report.exit_counts)
-                    for (auto n : counts.by_kind)
-                        count += n;
-                seconds += (report.end_us - report.first_run_us) / 1e6;
+                    for (std::size_t kind = 0; kind < counts.by_kind.size(); ++kind)
+                        column_exits.counts.by_kind[kind] += counts.by_kind[kind];
+                column_exits.seconds += (report.end_us - report.first_run_us) / 1e6;
             }
             add_results(column, results);
             std::fprintf(stderr, "vmmlab: %s run %u/%u done\n", name.c_str(), run + 1, options.runs);
@@ -326,16 +385,16 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
 
     std::printf("workload: %s, %u runs per column (mean ± sample standard deviation%s)\n\n",
                 options.workload.c_str(), options.runs, native.empty() ? "" : "; % of native");
-    std::string header = fmt::format("| {:<28} | {:<8} |", "metric", "unit");
+    std::string header = fmt::format("| {:<34} | {:<8} |", "metric", "unit");
     for (const auto& [name, column] : columns)
         header += fmt::format(" {:>26} |", name);
-    std::printf("%s\n|%s|%s|", header.c_str(), std::string(30, '-').c_str(), std::string(10, '-').c_str());
+    std::printf("%s\n|%s|%s|", header.c_str(), std::string(36, '-').c_str(), std::string(10, '-').c_str());
     for (std::size_t i = 0; i < columns.size(); ++i)
         std::printf("%s|", std::string(28, '-').c_str());
     std::printf("\n");
     const Column& reference = columns.back().second;
     for (const auto& [metric, series] : reference) {
-        std::string row = fmt::format("| {:<28} | {:<8} |", metric, series.unit);
+        std::string row = fmt::format("| {:<34} | {:<8} |", metric, series.unit);
         const Series* native_series = nullptr;
         if (!native.empty())
             if (auto found = columns.front().second.find(metric); found != columns.front().second.end())
@@ -353,11 +412,21 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
         }
         std::printf("%s\n", row.c_str());
     }
-    std::printf("\nuserspace exits per second of guest run time:");
-    for (const auto& [name, totals] : exits)
-        std::printf(" %s %.0f;", name.c_str(),
-                    totals.second > 0 ? static_cast<double>(totals.first) / totals.second : 0);
-    std::printf("\n");
+    std::printf("\nuserspace exits per second of guest run time, by reason:\n");
+    for (const auto& [name, column_exits] : exits) {
+        std::string line;
+        std::uint64_t total = 0;
+        for (std::size_t kind = 0; kind < column_exits.counts.by_kind.size(); ++kind) {
+            const auto count = column_exits.counts.by_kind[kind];
+            total += count;
+            if (count > 0 && column_exits.seconds > 0)
+                line += fmt::format(", {} {:.0f}", exit_kind_name(kind),
+                                    static_cast<double>(count) / column_exits.seconds);
+        }
+        std::printf("  %-10s total %.0f%s\n", name.c_str(),
+                    column_exits.seconds > 0 ? static_cast<double>(total) / column_exits.seconds : 0,
+                    line.c_str());
+    }
     return 0;
 }
 

@@ -46,7 +46,14 @@ struct RunOptions {
     bool quiet_config = false;
     std::string console_input = "stdin"; // stdin or none
     double timeout_s = 0;                // stop the VM with status 124 after this long; 0: never
+    bool stats = false;                  // end-of-run table: userspace exits (histograms) + KVM's stats
+    std::string stats_json;              // the same as JSON into this file
+    std::string trace;                   // Chrome trace-event JSON of the latest exits into this file
+    std::size_t trace_capacity = 100000; // exits kept per vCPU for --trace
 };
+
+// `vmmlab trace report FILE`: a summary of a trace written by `run --trace`.
+int trace_report_command(const std::string& path, std::size_t top);
 int run_command(const KnobFlags& flags, const RunOptions& options);
 
 // Knob flags written as one string ("--guest-page 2m --backing thp") applied on top of `base`.

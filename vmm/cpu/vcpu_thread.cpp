@@ -1,19 +1,60 @@
 #include "cpu/vcpu_thread.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 
 #include <fmt/format.h>
 #include <sched.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <time.h>
 
 #include "base/error.hpp"
+#include "base/overloaded.hpp"
 
 namespace vmmlab {
 
 namespace {
 void ignore_kick(int) {
+}
+
+std::uint64_t now_ns() {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000ULL +
+           static_cast<std::uint64_t>(now.tv_nsec);
+}
+
+// The device site and the address/size/data of an exit, for the stats and the trace record.
+struct ExitSite {
+    SiteId site = kNoSite;
+    std::uint64_t address = 0;
+    std::uint8_t size = 0;
+    bool is_write = false;
+    std::span<const std::byte> data;
+};
+
+ExitSite site_of(const VcpuExit& exit, const SiteTable& sites) {
+    return std::visit(Overloaded{
+                          [&](const IoIn& in) {
+                              return ExitSite{sites.find(in.port), in.port.value, in.size, false, in.data};
+                          },
+                          [&](const IoOut& out) {
+                              return ExitSite{sites.find(out.port), out.port.value, out.size, true, out.data};
+                          },
+                          [&](const MmioRead& read) {
+                              return ExitSite{sites.find(read.address), read.address.value,
+                                              static_cast<std::uint8_t>(read.data.size()), false, read.data};
+                          },
+                          [&](const MmioWrite& write) {
+                              return ExitSite{sites.find(write.address), write.address.value,
+                                              static_cast<std::uint8_t>(write.data.size()), true, write.data};
+                          },
+                          [](const auto&) { return ExitSite{}; },
+                      },
+                      exit);
 }
 
 std::string fatal_description(const VcpuExit& exit, kvm::VcpuFd& vcpu) {
@@ -47,8 +88,17 @@ VcpuThread::~VcpuThread() {
 }
 
 void VcpuThread::start(const PioBus& pio, const MmioBus& mmio, UnclaimedAccesses& unclaimed,
-                       RunControl& control) {
+                       RunControl& control, const VcpuTracing& tracing) {
     install_kick_signal();
+    sites_ = tracing.sites;
+    if ((tracing.counters || tracing.ring_capacity > 0) && sites_ == nullptr)
+        throw std::invalid_argument("vCPU tracing needs a site table");
+    if (tracing.counters) stats_ = std::make_unique<ExitStats>(sites_->size());
+    if (tracing.ring_capacity > 0) {
+        ring_ = std::make_unique<TraceRing>(tracing.ring_capacity);
+        // KVM copies the GPRs into kvm_run on every exit, so each record gets its RIP without an ioctl.
+        vcpu_.shared_run().kvm_valid_regs = KVM_SYNC_X86_REGS;
+    }
     thread_ = std::thread([this, &pio, &mmio, &unclaimed, &control] {
         ExitContext context{pio, mmio, unclaimed, vcpu_.id()};
         loop(context, control);
@@ -64,6 +114,27 @@ void VcpuThread::kick() {
 
 void VcpuThread::join() {
     if (thread_.joinable()) thread_.join();
+}
+
+void VcpuThread::account(const VcpuExit& exit, std::uint64_t exit_ns) {
+    const ExitSite where = site_of(exit, *sites_);
+    const std::uint64_t duration = now_ns() - exit_ns;
+    if (stats_) stats_->record(exit.index(), where.site, duration);
+    if (ring_) {
+        ExitRecord record;
+        record.start_ns = exit_ns;
+        record.duration_ns = duration;
+        record.vcpu = vcpu_.id();
+        record.reason = static_cast<std::uint8_t>(exit.index());
+        record.site = where.site;
+        record.address = where.address;
+        record.rip = vcpu_.shared_run().s.regs.regs.rip;
+        record.size = where.size;
+        record.is_write = where.is_write;
+        const std::size_t bytes = std::min(where.data.size(), record.data.size());
+        std::copy_n(where.data.begin(), bytes, record.data.begin());
+        ring_->push(record);
+    }
 }
 
 void VcpuThread::loop(ExitContext context, RunControl& control) {
@@ -85,9 +156,13 @@ void VcpuThread::loop(ExitContext context, RunControl& control) {
                 vcpu_.shared_run().immediate_exit = 0;
                 continue;
             }
+            const std::uint64_t exit_ns = (stats_ || ring_) ? now_ns() : 0;
             const VcpuExit exit = decode(vcpu_.run_area());
             ++counts_.by_kind[exit.index()];
-            switch (handle_exit(exit, context)) {
+            const ExitAction action = handle_exit(exit, context);
+            if (stats_ || ring_) [[unlikely]]
+                account(exit, exit_ns);
+            switch (action) {
             case ExitAction::Resume:
                 break;
             case ExitAction::Stop:

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <fstream>
 #include <mutex>
 
 #include <cpuid.h>
@@ -25,6 +26,8 @@
 #include "kvm/capabilities.hpp"
 #include "kvm/kvm.hpp"
 #include "memory/backing.hpp"
+#include "trace/chrome_trace.hpp"
+#include "trace/disassembler.hpp"
 
 namespace vmmlab {
 
@@ -77,6 +80,47 @@ void apply_vm_knobs(const VmConfig& config, kvm::VmFd& vm) {
         vm.enable_cap(KVM_CAP_X86_DISABLE_EXITS, std::array{wanted});
     }
 }
+// KVM's binary stats of the VM and every vCPU, read before the vCPUs start and after they stop.
+class KernelStatsProbe {
+public:
+    void start(kvm::VmFd& vm, const std::vector<std::unique_ptr<VcpuThread>>& vcpus, RunReport& report) {
+        try {
+            vm_.emplace(open_kvm_stats_fd(vm.fd()));
+            vm_start_ = vm_->snapshot();
+            for (auto& vcpu : vcpus) {
+                vcpus_.emplace_back(open_kvm_stats_fd(vcpu->fd().fd()));
+                vcpu_start_.push_back(vcpus_.back().snapshot());
+            }
+        } catch (const std::exception& error) {
+            report.kernel_stats_note = error.what();
+            vm_.reset();
+            vcpus_.clear();
+        }
+    }
+    void finish(RunReport& report) {
+        if (!vm_) return;
+        report.kernel_vm_stats =
+            KvmStats{vm_->layout(), kvm_stats_difference(vm_->layout(), vm_start_, vm_->snapshot())};
+        if (vcpus_.empty()) return;
+        const auto& layout = vcpus_.front().layout();
+        KvmStatsSnapshot sum = kvm_stats_difference(layout, vcpu_start_[0], vcpus_[0].snapshot());
+        for (std::size_t i = 1; i < vcpus_.size(); ++i) {
+            const auto difference = kvm_stats_difference(layout, vcpu_start_[i], vcpus_[i].snapshot());
+            for (std::size_t stat = 0; stat < sum.values.size() && stat < difference.values.size(); ++stat)
+                for (std::size_t k = 0; k < sum.values[stat].size() && k < difference.values[stat].size();
+                     ++k)
+                    sum.values[stat][k] += difference.values[stat][k];
+        }
+        report.kernel_vcpu_stats = KvmStats{layout, std::move(sum)};
+    }
+
+private:
+    std::optional<KvmStatsReader> vm_;
+    KvmStatsSnapshot vm_start_;
+    std::vector<KvmStatsReader> vcpus_;
+    std::vector<KvmStatsSnapshot> vcpu_start_;
+};
+
 } // namespace
 
 double microseconds_since_process_start() {
@@ -137,8 +181,10 @@ struct Vm::State {
     UniqueFd bench_eventfd;
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
     double setup_done_us = 0;
+    TraceOptions trace;
+    std::shared_ptr<const SiteTable> sites;
 
-    State(const VmConfig& vm_config, ConsoleOptions console_options)
+    State(const VmConfig& vm_config, ConsoleOptions console_options, TraceOptions trace_options)
         : config(vm_config), system(kvm::KvmSystem::open()), vm(system.create_vm()),
           tap([this](const devices::SerialLineTap::Line& line) {
               if (auto result = parse_result_line(line.text);
@@ -147,7 +193,8 @@ struct Vm::State {
           }),
           console(std::move(console_options)), serial_irq(vm, kSerialGsi),
           serial(
-              "serial0", [this](std::span<const std::byte> bytes) { on_serial_output(bytes); }, serial_irq) {}
+              "serial0", [this](std::span<const std::byte> bytes) { on_serial_output(bytes); }, serial_irq),
+          trace(std::move(trace_options)) {}
 
     void on_serial_output(std::span<const std::byte> bytes) {
         std::lock_guard lock(output_mutex);
@@ -161,8 +208,9 @@ struct Vm::State {
     }
 };
 
-Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console)
-    : state_(std::make_unique<State>(config, std::move(console))) {
+Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console,
+       TraceOptions trace)
+    : state_(std::make_unique<State>(config, std::move(console), std::move(trace))) {
     auto& s = *state_;
     kvm::require_capabilities(s.system);
     const auto host = x86::read_host_cpu();
@@ -230,6 +278,7 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         // With the in-kernel LAPIC, application processors wait for INIT/SIPI; ours start directly.
         if (id != 0) vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE);
     }
+    s.sites = std::make_shared<const SiteTable>(SiteTable::from_buses(s.pio, s.mmio));
     s.control.set_on_stop([&s] {
         for (auto& vcpu : s.vcpus)
             vcpu->kick();
@@ -245,13 +294,47 @@ Vm::~Vm() {
         vcpu->join();
 }
 
+// The exits the rings kept, as Chrome trace-event JSON, each with the instruction at its RIP (read through
+// the guest's page tables as they are at the end of the run).
+void Vm::write_timeline(State& s, RunReport& report) {
+    std::vector<const TraceRing*> rings;
+    for (auto& vcpu : s.vcpus)
+        if (vcpu->trace_ring() != nullptr) {
+            rings.push_back(vcpu->trace_ring());
+            report.trace_records += vcpu->trace_ring()->size();
+            report.trace_dropped += vcpu->trace_ring()->dropped();
+        }
+    Disassembler disassembler;
+    std::vector<kvm_sregs> sregs;
+    for (auto& vcpu : s.vcpus)
+        sregs.push_back(vcpu->fd().sregs());
+    ChromeTraceOptions options;
+    options.instruction_at = [&](std::uint32_t vcpu, std::uint64_t rip) -> std::optional<std::string> {
+        if (vcpu >= sregs.size()) return std::nullopt;
+        const bool paging = (sregs[vcpu].cr0 & (1U << 31)) != 0;
+        auto instruction = disassemble_guest(disassembler, s.memory, sregs[vcpu].cr3, paging, rip);
+        if (!instruction) return std::nullopt;
+        return instruction->operands.empty() ? instruction->mnemonic
+                                             : instruction->mnemonic + " " + instruction->operands;
+    };
+    const auto json = chrome_trace(rings, *s.sites, options);
+    std::ofstream out(s.trace.timeline_path);
+    out << json.dump() << '\n';
+    if (!out) throw SystemError("writing the trace " + s.trace.timeline_path, errno);
+}
+
 RunReport Vm::run(std::chrono::milliseconds timeout) {
     auto& s = *state_;
     RunReport report;
     report.setup_done_us = s.setup_done_us;
     report.first_run_us = microseconds_since_process_start();
+    KernelStatsProbe kernel_stats;
+    if (s.trace.kernel_stats) kernel_stats.start(s.vm, s.vcpus, report);
+    const VcpuTracing tracing{.sites = s.sites.get(),
+                              .counters = s.trace.counters,
+                              .ring_capacity = s.trace.timeline_path.empty() ? 0 : s.trace.ring_capacity};
     for (auto& vcpu : s.vcpus)
-        vcpu->start(s.pio, s.mmio, s.unclaimed, s.control);
+        vcpu->start(s.pio, s.mmio, s.unclaimed, s.control, tracing);
     std::optional<devices::SerialInputPump> input;
     if (s.console.input_fd >= 0)
         input.emplace(s.serial, s.console.input_fd,
@@ -266,6 +349,15 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
         vcpu->join();
     input.reset();
     report.end_us = microseconds_since_process_start();
+    if (s.trace.kernel_stats) kernel_stats.finish(report);
+    report.sites = s.sites;
+    if (s.trace.counters) {
+        std::vector<const ExitStats*> per_vcpu;
+        for (auto& vcpu : s.vcpus)
+            per_vcpu.push_back(vcpu->exit_stats());
+        report.exit_stats = merge_exit_stats(per_vcpu, s.sites->size());
+    }
+    if (!s.trace.timeline_path.empty()) write_timeline(s, report);
     {
         std::lock_guard lock(s.output_mutex);
         s.tap.flush();

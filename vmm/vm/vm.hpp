@@ -6,12 +6,16 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "config/vm_config.hpp"
 #include "cpu/exit_handler.hpp"
+#include "trace/exit_stats.hpp"
+#include "trace/kvm_stats.hpp"
+#include "trace/site_table.hpp"
 
 namespace vmmlab {
 
@@ -33,6 +37,23 @@ struct RunReport {
     std::string achieved_backing;
     // Monotonic times from process start (microseconds): VM set up, first KVM_RUN, boot marker 1, end.
     double setup_done_us = 0, first_run_us = 0, init_marker_us = -1, end_us = 0;
+
+    // With TraceOptions::counters: every vCPU's userspace exits merged, and the sites they name.
+    std::shared_ptr<const SiteTable> sites;
+    std::optional<ExitStats> exit_stats;
+    // With TraceOptions::kernel_stats, where KVM has KVM_GET_STATS_FD: what the kernel counted during the
+    // run (end - start), for the VM and summed over its vCPUs. Empty where the kernel lacks the interface.
+    std::optional<KvmStats> kernel_vm_stats, kernel_vcpu_stats;
+    std::string kernel_stats_note; // why kernel stats are missing, if they are
+    // With TraceOptions::timeline_path: records written, and records the rings had to drop.
+    std::uint64_t trace_records = 0, trace_dropped = 0;
+};
+
+struct TraceOptions {
+    bool counters = false;              // per-vCPU exit counts and latency histograms by reason and device
+    bool kernel_stats = false;          // KVM's binary stats (VM and vCPUs) at start and end
+    std::string timeline_path;          // non-empty: write a Chrome trace-event JSON of the latest exits here
+    std::size_t ring_capacity = 100000; // exits kept per vCPU for the timeline
 };
 
 struct ConsoleOptions {
@@ -46,7 +67,8 @@ struct ConsoleOptions {
 
 class Vm {
 public:
-    Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console = {});
+    Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console = {},
+       TraceOptions trace = {});
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
@@ -56,6 +78,7 @@ public:
 
 private:
     struct State;
+    static void write_timeline(State& state, RunReport& report);
     std::unique_ptr<State> state_;
 };
 

@@ -53,6 +53,9 @@ int main(int argc, char** argv) {
     run->add_option("--stats-json", run_options.stats_json, "write the --stats figures as JSON to FILE");
     run->add_option("--trace", run_options.trace,
                     "write the latest exits of each vCPU as Chrome trace-event JSON to FILE (Perfetto)");
+    run->add_flag("--kvm-exits", run_options.kvm_exits,
+                  "count the kernel's kvm:kvm_exit tracepoint for the vCPU threads by hardware exit reason "
+                  "(SVM/VMX; needs tracefs, usually root)");
     run->add_option("--trace-capacity", run_options.trace_capacity, "exits kept per vCPU for --trace")
         ->capture_default_str();
     run->add_flag("--boot-time", run_options.boot_time,

@@ -190,7 +190,8 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
     TraceOptions trace{.counters = options.stats || !options.stats_json.empty(),
                        .kernel_stats = options.stats || !options.stats_json.empty(),
                        .timeline_path = options.trace,
-                       .ring_capacity = options.trace_capacity};
+                       .ring_capacity = options.trace_capacity,
+                       .kvm_exit_tracepoint = options.kvm_exits};
     Vm vm(*config, embedded_guest_image(), std::move(console), std::move(trace));
     auto report = vm.run(to_milliseconds(options.timeout_s));
     raw_terminal.reset();
@@ -228,6 +229,16 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
             std::fprintf(stderr, "vmmlab: --stats-json %s: cannot write\n", options.stats_json.c_str());
             return 1;
         }
+    }
+    if (options.kvm_exits) {
+        if (report.kvm_exits)
+            std::fprintf(stderr,
+                         "\nkvm:kvm_exit events of the vCPU threads, by hardware exit reason (%llu lines "
+                         "unparsed):\n%s",
+                         static_cast<unsigned long long>(report.kvm_exits->malformed()),
+                         report.kvm_exits->format().c_str());
+        else
+            std::fprintf(stderr, "vmmlab: --kvm-exits: %s\n", report.kvm_exits_note.c_str());
     }
     if (!options.trace.empty())
         std::fprintf(

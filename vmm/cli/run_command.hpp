@@ -50,6 +50,7 @@ struct RunOptions {
     std::string stats_json;              // the same as JSON into this file
     std::string trace;                   // Chrome trace-event JSON of the latest exits into this file
     std::size_t trace_capacity = 100000; // exits kept per vCPU for --trace
+    bool kvm_exits = false;              // count the kvm:kvm_exit tracepoint of the vCPU threads
 };
 
 // `vmmlab trace report FILE`: a summary of a trace written by `run --trace`.

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/error.hpp"
 #include "base/overloaded.hpp"
@@ -138,6 +139,7 @@ void VcpuThread::account(const VcpuExit& exit, std::uint64_t exit_ns) {
 }
 
 void VcpuThread::loop(ExitContext context, RunControl& control) {
+    tid_.store(::gettid(), std::memory_order_release);
     std::string name = fmt::format("vcpu{}", vcpu_.id());
     ::pthread_setname_np(::pthread_self(), name.c_str());
     if (host_cpu_) {

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include <pthread.h>
+#include <sys/types.h>
 
 #include "cpu/exit_handler.hpp"
 #include "cpu/run_control.hpp"
@@ -41,6 +42,8 @@ public:
     const ExitCounts& exit_counts() const { return counts_; }    // valid after join()
     const ExitStats* exit_stats() const { return stats_.get(); } // after join(); null when not counting
     const TraceRing* trace_ring() const { return ring_.get(); }  // after join(); null without a timeline
+    // The thread's kernel id once it runs (0 before), e.g. for per-thread tracepoints.
+    pid_t tid() const { return tid_.load(std::memory_order_acquire); }
 
 private:
     void loop(ExitContext context, RunControl& control);
@@ -50,6 +53,7 @@ private:
     std::optional<unsigned> host_cpu_;
     std::thread thread_;
     std::atomic<bool> started_{false};
+    std::atomic<pid_t> tid_{0};
     ExitCounts counts_;
     const SiteTable* sites_ = nullptr;
     std::unique_ptr<ExitStats> stats_;

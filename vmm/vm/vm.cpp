@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include <cpuid.h>
 #include <fmt/format.h>
@@ -28,6 +29,7 @@
 #include "memory/backing.hpp"
 #include "trace/chrome_trace.hpp"
 #include "trace/disassembler.hpp"
+#include "trace/tracefs.hpp"
 
 namespace vmmlab {
 
@@ -323,6 +325,29 @@ void Vm::write_timeline(State& s, RunReport& report) {
     if (!out) throw SystemError("writing the trace " + s.trace.timeline_path, errno);
 }
 
+// Turns on kvm:kvm_exit for the vCPU threads (started a moment ago: their first exits may be missed).
+void Vm::start_exit_tracepoint(State& s, std::optional<KvmExitCounter>& counter,
+                               std::optional<KvmExitTracepoint>& tracepoint, RunReport& report) {
+    std::vector<pid_t> tids;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (auto& vcpu : s.vcpus) {
+        while (vcpu->tid() == 0 && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::yield();
+        if (vcpu->tid() != 0) tids.push_back(vcpu->tid());
+    }
+    std::vector<std::uint32_t> ids(tids.begin(), tids.end());
+    const auto host = x86::read_host_cpu();
+    counter.emplace(ids, host.svm   ? std::optional<HwIsa>(HwIsa::Svm)
+                         : host.vmx ? std::optional<HwIsa>(HwIsa::Vmx)
+                                    : std::nullopt);
+    try {
+        tracepoint.emplace(tids, [&counter](std::string_view line) { counter->add_line(line); });
+    } catch (const std::exception& error) {
+        report.kvm_exits_note = error.what();
+        counter.reset();
+    }
+}
+
 RunReport Vm::run(std::chrono::milliseconds timeout) {
     auto& s = *state_;
     RunReport report;
@@ -335,6 +360,9 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
                               .ring_capacity = s.trace.timeline_path.empty() ? 0 : s.trace.ring_capacity};
     for (auto& vcpu : s.vcpus)
         vcpu->start(s.pio, s.mmio, s.unclaimed, s.control, tracing);
+    std::optional<KvmExitCounter> kvm_exits;
+    std::optional<KvmExitTracepoint> tracepoint;
+    if (s.trace.kvm_exit_tracepoint) start_exit_tracepoint(s, kvm_exits, tracepoint, report);
     std::optional<devices::SerialInputPump> input;
     if (s.console.input_fd >= 0)
         input.emplace(s.serial, s.console.input_fd,
@@ -349,7 +377,13 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
         vcpu->join();
     input.reset();
     report.end_us = microseconds_since_process_start();
+    if (tracepoint) {
+        tracepoint->stop(); // delivers what the pipe still holds; no callback after this
+        report.kvm_exits = std::move(kvm_exits);
+    }
     if (s.trace.kernel_stats) kernel_stats.finish(report);
+    if (s.trace.kvm_exit_tracepoint && !report.kvm_exits && report.kvm_exits_note.empty())
+        report.kvm_exits_note = "the tracepoint was not started";
     report.sites = s.sites;
     if (s.trace.counters) {
         std::vector<const ExitStats*> per_vcpu;

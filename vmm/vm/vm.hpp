@@ -14,10 +14,13 @@
 #include "config/vm_config.hpp"
 #include "cpu/exit_handler.hpp"
 #include "trace/exit_stats.hpp"
+#include "trace/hw_exit_reasons.hpp"
 #include "trace/kvm_stats.hpp"
 #include "trace/site_table.hpp"
 
 namespace vmmlab {
+
+class KvmExitTracepoint; // trace/tracefs.hpp
 
 struct GuestResult {
     std::string workload, metric, unit;
@@ -47,6 +50,10 @@ struct RunReport {
     std::string kernel_stats_note; // why kernel stats are missing, if they are
     // With TraceOptions::timeline_path: records written, and records the rings had to drop.
     std::uint64_t trace_records = 0, trace_dropped = 0;
+    // With TraceOptions::kvm_exit_tracepoint: the kernel's kvm:kvm_exit events of the vCPU threads by
+    // hardware exit reason (SVM or VMX), or why they could not be captured.
+    std::optional<KvmExitCounter> kvm_exits;
+    std::string kvm_exits_note;
 };
 
 struct TraceOptions {
@@ -54,6 +61,7 @@ struct TraceOptions {
     bool kernel_stats = false;          // KVM's binary stats (VM and vCPUs) at start and end
     std::string timeline_path;          // non-empty: write a Chrome trace-event JSON of the latest exits here
     std::size_t ring_capacity = 100000; // exits kept per vCPU for the timeline
+    bool kvm_exit_tracepoint = false;   // count kvm:kvm_exit for the vCPU threads through tracefs
 };
 
 struct ConsoleOptions {
@@ -79,6 +87,8 @@ public:
 private:
     struct State;
     static void write_timeline(State& state, RunReport& report);
+    static void start_exit_tracepoint(State& state, std::optional<KvmExitCounter>& counter,
+                                      std::optional<KvmExitTracepoint>& tracepoint, RunReport& report);
     std::unique_ptr<State> state_;
 };
 

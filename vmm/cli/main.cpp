@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
     run->add_option("--stats-json", run_options.stats_json, "write the --stats figures as JSON to FILE");
     run->add_option("--trace", run_options.trace,
                     "write the latest exits of each vCPU as Chrome trace-event JSON to FILE (Perfetto)");
+    run->add_option("--stats-interval", run_options.stats_interval_s,
+                    "print KVM's key exit statistics every this many seconds during the run");
     run->add_flag("--kvm-exits", run_options.kvm_exits,
                   "count the kernel's kvm:kvm_exit tracepoint for the vCPU threads by hardware exit reason "
                   "(SVM/VMX; needs tracefs, usually root)");

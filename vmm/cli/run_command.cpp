@@ -188,10 +188,15 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
         return 2;
     }
     TraceOptions trace{.counters = options.stats || !options.stats_json.empty(),
-                       .kernel_stats = options.stats || !options.stats_json.empty(),
+                       .kernel_stats =
+                           options.stats || !options.stats_json.empty() || options.stats_interval_s > 0,
                        .timeline_path = options.trace,
                        .ring_capacity = options.trace_capacity,
-                       .kvm_exit_tracepoint = options.kvm_exits};
+                       .kvm_exit_tracepoint = options.kvm_exits,
+                       .stats_interval = to_milliseconds(options.stats_interval_s),
+                       .on_interval = [](const std::string& line) {
+                           std::fprintf(stderr, "vmmlab: kvm stats: %s\n", line.c_str());
+                       }};
     Vm vm(*config, embedded_guest_image(), std::move(console), std::move(trace));
     auto report = vm.run(to_milliseconds(options.timeout_s));
     raw_terminal.reset();

@@ -51,6 +51,7 @@ struct RunOptions {
     std::string trace;                   // Chrome trace-event JSON of the latest exits into this file
     std::size_t trace_capacity = 100000; // exits kept per vCPU for --trace
     bool kvm_exits = false;              // count the kvm:kvm_exit tracepoint of the vCPU threads
+    double stats_interval_s = 0;         // > 0: KVM's key stats every this many seconds during the run
 };
 
 // `vmmlab trace report FILE`: a summary of a trace written by `run --trace`.

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -116,7 +117,28 @@ public:
         report.kernel_vcpu_stats = KvmStats{layout, std::move(sum)};
     }
 
+    // "exits +N io_exits +N ..." for the vCPUs since the previous call (or the start).
+    std::string interval_line() {
+        if (vcpus_.empty()) return "KVM stats unavailable";
+        const auto& layout = vcpus_.front().layout();
+        if (last_.empty()) last_ = vcpu_start_;
+        std::map<std::string_view, std::uint64_t> delta;
+        for (std::size_t i = 0; i < vcpus_.size(); ++i) {
+            auto now = vcpus_[i].snapshot();
+            const auto difference = kvm_stats_difference(layout, last_[i], now);
+            for (auto name : interesting_kvm_stats())
+                if (auto value = kvm_stat_value(layout, difference, name)) delta[name] += *value;
+            last_[i] = std::move(now);
+        }
+        std::string line;
+        for (auto name : interesting_kvm_stats())
+            if (auto found = delta.find(name); found != delta.end() && found->second > 0)
+                line += fmt::format("{}{} +{}", line.empty() ? "" : ", ", name, found->second);
+        return line.empty() ? "no exits" : line;
+    }
+
 private:
+    std::vector<KvmStatsSnapshot> last_;
     std::optional<KvmStatsReader> vm_;
     KvmStatsSnapshot vm_start_;
     std::vector<KvmStatsReader> vcpus_;
@@ -370,9 +392,24 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
                                                             s.control.request_stop(
                                                                 0, "the user quit with Ctrl-A x");
                                                         }});
-    if (timeout.count() > 0 && !s.control.wait_for_stop(timeout))
-        s.control.request_stop(
-            124, fmt::format("timed out after {} ms; the guest did not end the VM", timeout.count()));
+    // Wait for the guest to end the VM: bounded by `timeout`, waking every stats interval to report.
+    const auto started = std::chrono::steady_clock::now();
+    const bool periodic = s.trace.kernel_stats && s.trace.stats_interval.count() > 0 && s.trace.on_interval;
+    while (timeout.count() > 0 || periodic) {
+        auto wait = periodic ? s.trace.stats_interval : timeout;
+        if (timeout.count() > 0) {
+            const auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                            std::chrono::steady_clock::now() - started);
+            if (left.count() <= 0) {
+                s.control.request_stop(
+                    124, fmt::format("timed out after {} ms; the guest did not end the VM", timeout.count()));
+                break;
+            }
+            wait = std::min(wait, left);
+        }
+        if (s.control.wait_for_stop(wait)) break;
+        if (periodic) s.trace.on_interval(kernel_stats.interval_line());
+    }
     for (auto& vcpu : s.vcpus)
         vcpu->join();
     input.reset();

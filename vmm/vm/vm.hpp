@@ -62,6 +62,9 @@ struct TraceOptions {
     std::string timeline_path;          // non-empty: write a Chrome trace-event JSON of the latest exits here
     std::size_t ring_capacity = 100000; // exits kept per vCPU for the timeline
     bool kvm_exit_tracepoint = false;   // count kvm:kvm_exit for the vCPU threads through tracefs
+    // With kernel_stats: every interval during the run, the vCPUs' key KVM stats since the last one.
+    std::chrono::milliseconds stats_interval{0};
+    std::function<void(const std::string& line)> on_interval{};
 };
 
 struct ConsoleOptions {

@@ -82,7 +82,8 @@ TEST_CASE("chrome trace: exporter writes complete events and thread names that p
 
     int calls = 0;
     ChromeTraceOptions options;
-    options.instruction_at = [&](std::uint32_t, std::uint64_t rip) -> std::optional<std::string> {
+    options.instruction_at = [&](std::uint32_t, std::uint64_t rip,
+                                 std::uint8_t) -> std::optional<std::string> {
         ++calls;
         if (rip == 0x1004) return "out dx, al";
         return std::nullopt;

@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -99,7 +100,7 @@ nlohmann::json chrome_trace(std::span<const TraceRing* const> rings, const SiteT
                           {"tid", vcpu},
                           {"args", {{"name", fmt::format("vCPU {}", vcpu)}}}});
 
-    std::map<std::pair<std::uint32_t, std::uint64_t>, std::optional<std::string>> instructions;
+    std::map<std::tuple<std::uint32_t, std::uint64_t, std::uint8_t>, std::optional<std::string>> instructions;
     for (const auto& snapshot : snapshots) {
         for (const ExitRecord& record : snapshot) {
             const std::string reason = exit_kind_name(record.reason);
@@ -115,10 +116,12 @@ nlohmann::json chrome_trace(std::span<const TraceRing* const> rings, const SiteT
                 args["data"] = data_value(record);
             }
             if (options.instruction_at) {
-                const auto key = std::make_pair(record.vcpu, record.rip);
+                const auto key = std::make_tuple(record.vcpu, record.rip, record.reason);
                 auto known = instructions.find(key);
                 if (known == instructions.end())
-                    known = instructions.emplace(key, options.instruction_at(record.vcpu, record.rip)).first;
+                    known = instructions
+                                .emplace(key, options.instruction_at(record.vcpu, record.rip, record.reason))
+                                .first;
                 if (known->second) args["instruction"] = *known->second;
             }
             events.push_back({{"name", record.site == kNoSite ? reason : reason + " " + site.name},

@@ -30,9 +30,11 @@
 namespace vmmlab {
 
 struct ChromeTraceOptions {
-    // The instruction at a vCPU's RIP ("out dx, al"), or nothing; called once per distinct (vcpu, rip).
-    // Typically disassemble_guest() over the VM's memory and the vCPU's CR3 (trace/disassembler.hpp).
-    std::function<std::optional<std::string>(std::uint32_t vcpu, std::uint64_t rip)> instruction_at;
+    // The instruction behind an exit ("out dx, al"), or nothing; called once per distinct (vcpu, rip,
+    // reason). Typically disassemble_guest() over the VM's memory and the vCPU's CR3
+    // (trace/disassembler.hpp); the reason tells whether RIP is at the instruction or already past it.
+    std::function<std::optional<std::string>(std::uint32_t vcpu, std::uint64_t rip, std::uint8_t reason)>
+        instruction_at;
     std::string process_name = "vmmlab";
 };
 

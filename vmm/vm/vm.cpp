@@ -318,6 +318,16 @@ Vm::~Vm() {
         vcpu->join();
 }
 
+namespace {
+template <typename Alternative, std::size_t Index = 0>
+constexpr std::uint8_t variant_index() {
+    if constexpr (std::is_same_v<std::variant_alternative_t<Index, VcpuExit>, Alternative>)
+        return static_cast<std::uint8_t>(Index);
+    else
+        return variant_index<Alternative, Index + 1>();
+}
+} // namespace
+
 // The exits the rings kept, as Chrome trace-event JSON, each with the instruction at its RIP (read through
 // the guest's page tables as they are at the end of the run).
 void Vm::write_timeline(State& s, RunReport& report) {
@@ -333,13 +343,28 @@ void Vm::write_timeline(State& s, RunReport& report) {
     for (auto& vcpu : s.vcpus)
         sregs.push_back(vcpu->fd().sregs());
     ChromeTraceOptions options;
-    options.instruction_at = [&](std::uint32_t vcpu, std::uint64_t rip) -> std::optional<std::string> {
+    // KVM reports an MMIO exit after emulating the access, with RIP past the instruction (PIO exits stop
+    // at it). For those, look for the instruction with a memory operand that ends exactly at RIP.
+    const auto text = [](const Instruction& instruction) {
+        return instruction.operands.empty() ? instruction.mnemonic
+                                            : instruction.mnemonic + " " + instruction.operands;
+    };
+    options.instruction_at = [&](std::uint32_t vcpu, std::uint64_t rip,
+                                 std::uint8_t reason) -> std::optional<std::string> {
         if (vcpu >= sregs.size()) return std::nullopt;
         const bool paging = (sregs[vcpu].cr0 & (1U << 31)) != 0;
-        auto instruction = disassemble_guest(disassembler, s.memory, sregs[vcpu].cr3, paging, rip);
-        if (!instruction) return std::nullopt;
-        return instruction->operands.empty() ? instruction->mnemonic
-                                             : instruction->mnemonic + " " + instruction->operands;
+        const bool after = reason == variant_index<MmioRead>() || reason == variant_index<MmioWrite>();
+        if (!after) {
+            auto instruction = disassemble_guest(disassembler, s.memory, sregs[vcpu].cr3, paging, rip);
+            return instruction ? std::optional(text(*instruction)) : std::nullopt;
+        }
+        for (std::uint64_t back = 1; back <= kMaxInstructionLength && back <= rip; ++back) {
+            auto instruction = disassemble_guest(disassembler, s.memory, sregs[vcpu].cr3, paging, rip - back);
+            if (instruction && instruction->length == back &&
+                instruction->operands.find('[') != std::string::npos)
+                return text(*instruction);
+        }
+        return std::nullopt;
     };
     const auto json = chrome_trace(rings, *s.sites, options);
     std::ofstream out(s.trace.timeline_path);

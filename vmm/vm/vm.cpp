@@ -7,7 +7,6 @@
 #include <mutex>
 #include <thread>
 
-#include <cpuid.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -55,12 +54,6 @@ private:
     kvm::VmFd& vm_;
     std::uint32_t gsi_;
 };
-
-bool host_has_avx() {
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    __cpuid(1, eax, ebx, ecx, edx);
-    return (ecx & (1U << 28)) != 0 && (ecx & (1U << 27)) != 0; // AVX and OSXSAVE
-}
 
 void apply_vm_knobs(const VmConfig& config, kvm::VmFd& vm) {
     if (config.halt_poll.mode != HaltPoll::Mode::KernelDefault) {
@@ -279,7 +272,7 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         if (!cpuid) throw SystemError("CPU model: " + cpuid.error(), EINVAL);
         vcpu.set_cpuid(*cpuid);
         // XSAVE state for AVX only where the guest's CPUID offers AVX (the minimal model does not).
-        guest_avx = host_has_avx() && x86::cpuid_has_avx(*cpuid).value_or(false);
+        guest_avx = host.avx_usable && x86::cpuid_has_avx(*cpuid).value_or(false);
         std::optional<unsigned> pin;
         if (!config.pin.empty()) pin = config.pin[id];
         s.vcpus.push_back(std::make_unique<VcpuThread>(std::move(vcpu), pin));

@@ -37,10 +37,13 @@ HostCpu read_host_cpu() {
     std::memcpy(vendor.data() + 8, &leaf0.ecx, 4);
     cpu.vendor = vendor.data();
 
-    constexpr unsigned kVmxBit = 1U << 5;      // CPUID.1:ECX.VMX
-    constexpr unsigned kSvmBit = 1U << 2;      // CPUID.80000001h:ECX.SVM
-    constexpr unsigned kPdpe1gbBit = 1U << 26; // CPUID.80000001h:EDX.Page1GB
-    cpu.vmx = (cpuid(1).ecx & kVmxBit) != 0;
+    constexpr unsigned kVmxBit = 1U << 5;                        // CPUID.1:ECX.VMX
+    constexpr unsigned kSvmBit = 1U << 2;                        // CPUID.80000001h:ECX.SVM
+    constexpr unsigned kPdpe1gbBit = 1U << 26;                   // CPUID.80000001h:EDX.Page1GB
+    constexpr unsigned kOsxsaveAndAvx = (1U << 27) | (1U << 28); // CPUID.1:ECX.OSXSAVE, AVX
+    const Registers leaf1 = cpuid(1);
+    cpu.vmx = (leaf1.ecx & kVmxBit) != 0;
+    cpu.avx_usable = (leaf1.ecx & kOsxsaveAndAvx) == kOsxsaveAndAvx;
     const unsigned max_extended = cpuid(0x80000000).eax;
     if (max_extended >= 0x80000001) {
         Registers extended = cpuid(0x80000001);

@@ -11,6 +11,7 @@ struct HostCpu {
     bool vmx = false;          // Intel VT-x visible to this OS
     bool svm = false;          // AMD-V visible to this OS
     bool pdpe1gb = false;      // 1 GiB pages: needed for --guest-page 1g
+    bool avx_usable = false;   // AVX with OSXSAVE: this OS saves YMM state, so guests may have it too
     unsigned logical_cpus = 0; // online CPUs (sysconf)
 };
 

@@ -216,6 +216,10 @@ int run_command(const KnobFlags& flags, const RunOptions& options) {
         else
             std::fprintf(stderr, "\nKVM's own statistics: unavailable (%s)\n",
                          report.kernel_stats_note.c_str());
+        if (report.kernel_vm_stats)
+            std::fprintf(
+                stderr, "\nKVM's statistics of the VM (MMU, TLB flushes, ...):\n%s",
+                format_kvm_stats(report.kernel_vm_stats->layout, report.kernel_vm_stats->snapshot).c_str());
     }
     if (!options.stats_json.empty() && report.exit_stats) {
         nlohmann::json json;

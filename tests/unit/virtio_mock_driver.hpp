@@ -8,6 +8,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <new>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -31,10 +34,12 @@ struct MockDescriptor {
 
 class MockRam {
 public:
+    // Page-aligned host memory, zeroed, like an anonymous mapping (O_DIRECT tests rely on the alignment).
     explicit MockRam(std::size_t size = 1 << 20)
-        : bytes_(size), memory_({{GuestAddress{0}, size, bytes_.data()}}) {}
+        : storage_(new (std::align_val_t{4096}) std::byte[size]()), bytes_(storage_.get(), size),
+          memory_({{GuestAddress{0}, size, bytes_.data()}}) {}
     const GuestMemory& memory() const { return memory_; }
-    std::vector<std::byte>& bytes() { return bytes_; }
+    std::span<std::byte> bytes() { return bytes_; }
     template <typename T>
     void put(std::uint64_t address, const T& value) {
         if (address + sizeof(T) > bytes_.size()) throw std::out_of_range("MockRam::put");
@@ -52,7 +57,11 @@ public:
     }
 
 private:
-    std::vector<std::byte> bytes_;
+    struct AlignedDelete {
+        void operator()(std::byte* pointer) const { ::operator delete[](pointer, std::align_val_t{4096}); }
+    };
+    std::unique_ptr<std::byte[], AlignedDelete> storage_;
+    std::span<std::byte> bytes_;
     GuestMemory memory_;
 };
 

@@ -99,7 +99,7 @@ std::size_t Uart16550::enqueue_input(std::span<const std::byte> bytes) {
 
 std::size_t Uart16550::input_space() const {
     std::lock_guard lock(mutex_);
-    const bool ready = (modem_control_ & kMcrDtr) != 0 && !loopback();
+    const bool ready = (modem_control_ & (kMcrDtr | kMcrRts)) == (kMcrDtr | kMcrRts) && !loopback();
     return ready ? kReceiveCapacity - receive_count_ : 0;
 }
 

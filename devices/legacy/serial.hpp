@@ -65,9 +65,12 @@ public:
     // has the UART in loopback mode (its serial input is then disconnected, as on the chip).
     std::size_t enqueue_input(std::span<const std::byte> bytes);
     // How many bytes the host side should send now: the free space of the receive FIFO while the guest
-    // holds DTR (MCR bit 0) up, 0 while DTR is low (the guest has not opened the port yet, and its
-    // driver's FIFO reset would throw early input away) or in loopback. A reader that checks first
-    // holds input back instead of losing it; enqueue_input itself stores whatever fits.
+    // holds both DTR and RTS (MCR bits 0 and 1) up, 0 otherwise or in loopback. Both lines up is how a
+    // driver says "port open, ready to receive": Linux raises them after the FIFO reset of opening the
+    // port (uart_port_startup), while its console set-up raises DTR alone long before; input sent earlier
+    // would be thrown away by that reset. Linux drops RTS again to throttle (CRTSCTS) and on the last
+    // close. A reader that checks first holds input back instead of losing it; enqueue_input itself
+    // stores whatever fits.
     std::size_t input_space() const;
 
 private:

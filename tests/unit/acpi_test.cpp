@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <string>
 #include <vector>
@@ -178,7 +180,7 @@ TEST_CASE("acpi: the FADT describes a hardware-reduced platform with sleep and r
         bare.cmos_rtc = false;
         auto image = build_acpi_tables(GuestAddress{kAcpiTablesAddress}, bare);
         REQUIRE(image.has_value());
-        const auto offset = tables->fadt.value - kAcpiTablesAddress;
+        const auto offset = image->tables.fadt.value - kAcpiTablesAddress; // the DSDT before it is shorter
         const auto arch = field<std::uint16_t>(image->bytes, offset + 109);
         CHECK((arch & kBootArch8042) == 0);
         CHECK((arch & kBootArchCmosRtcNotPresent) != 0);
@@ -192,9 +194,13 @@ TEST_CASE("acpi: the DSDT holds the \\_S5_ package with the sleep type", "[linux
     auto tables = write_acpi_tables(memory, GuestAddress{kAcpiTablesAddress}, kAcpiTablesAreaSize, config);
     REQUIRE(tables.has_value());
     const auto dsdt = parse(memory, tables->rsdp.value).dsdt;
-    const std::vector<std::byte> aml(dsdt.begin() + 36, dsdt.end());
+    const std::vector<std::byte> whole(dsdt.begin() + 36, dsdt.end());
+    auto expected = s5_package_aml(3);
+    const auto devices = legacy_devices_aml(config);
+    expected.insert(expected.end(), devices.begin(), devices.end());
+    CHECK(whole == expected);
+    const std::vector<std::byte> aml(whole.begin(), whole.begin() + 13);
     CHECK(aml == s5_package_aml(3));
-    REQUIRE(aml.size() == 13);
     CHECK(text(aml, 1, 4) == "_S5_");
     CHECK(field<std::uint8_t>(aml, 0) == 0x08); // NameOp
     CHECK(field<std::uint8_t>(aml, 5) == 0x12); // PackageOp
@@ -288,4 +294,59 @@ TEST_CASE("acpi: checksum_byte makes a buffer sum to zero", "[linux][acpi]") {
     bytes[2] = std::byte{checksum_byte(bytes)};
     CHECK(byte_sum(bytes, bytes.size()) == 0);
     CHECK(checksum_byte(std::vector<std::byte>(3, std::byte{0})) == 0);
+}
+
+namespace {
+std::vector<std::byte> bytes_of(std::initializer_list<std::uint8_t> values) {
+    std::vector<std::byte> bytes;
+    for (auto value : values)
+        bytes.push_back(std::byte{value});
+    return bytes;
+}
+
+bool contains(const std::vector<std::byte>& haystack, const std::vector<std::byte>& needle) {
+    return std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end()) != haystack.end();
+}
+} // namespace
+
+TEST_CASE("acpi: the DSDT names COM1, the keyboard controller and the RTC with their ports and IRQs",
+          "[linux][acpi]") {
+    const auto aml = legacy_devices_aml(AcpiConfig{});
+    // Scope (\_SB_) with a two-byte PkgLength that covers everything after the ScopeOp.
+    REQUIRE(aml.size() > 70);
+    CHECK(field<std::uint8_t>(aml, 0) == 0x10);
+    const auto lead = field<std::uint8_t>(aml, 1);
+    REQUIRE((lead >> 6) == 1);
+    CHECK(((lead & 0x0fU) | (field<std::uint8_t>(aml, 2) << 4U)) == aml.size() - 1);
+    CHECK(text(aml, 3, 5) == "\\_SB_");
+
+    // Device (COM1): EISAID ("PNP0501"), IO (Decode16, 0x3f8, 0x3f8, 1, 8), IRQNoFlags () {4}.
+    CHECK(contains(aml, bytes_of({0x5b, 0x82})));
+    CHECK(contains(aml,
+                   bytes_of({'C', 'O', 'M', '1', 0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x05, 0x01})));
+    CHECK(contains(aml,
+                   bytes_of({0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00})));
+    // Device (PS2K): EISAID ("PNP0303"), ports 0x60 and 0x64, IRQ 1.
+    CHECK(contains(aml,
+                   bytes_of({'P', 'S', '2', 'K', 0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x03, 0x03})));
+    CHECK(contains(aml, bytes_of({0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01, 0x47, 0x01, 0x64, 0x00,
+                                  0x64, 0x00, 0x01, 0x01, 0x22, 0x02, 0x00})));
+    // Device (RTC_): EISAID ("PNP0B00"), ports 0x70-0x71, IRQ 8.
+    CHECK(contains(aml,
+                   bytes_of({'R', 'T', 'C', '_', 0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0b, 0x00})));
+    CHECK(contains(aml, bytes_of({0x47, 0x01, 0x70, 0x00, 0x70, 0x00, 0x01, 0x02, 0x22, 0x00, 0x01})));
+
+    // Devices the platform lacks are left out; with none, so is the scope.
+    AcpiConfig bare;
+    bare.i8042 = false;
+    bare.cmos_rtc = false;
+    const auto serial_only = legacy_devices_aml(bare);
+    CHECK(contains(serial_only, bytes_of({'C', 'O', 'M', '1'})));
+    CHECK_FALSE(contains(serial_only, bytes_of({'P', 'S', '2', 'K'})));
+    bare.serial = false;
+    CHECK(legacy_devices_aml(bare).empty());
+    bare.serial = true;
+    bare.serial_irq = 16;
+    CHECK(build_acpi_tables(GuestAddress{kAcpiTablesAddress}, bare).error() ==
+          "ACPI: serial IRQ 16 is not an ISA IRQ (0-15)");
 }

@@ -90,7 +90,7 @@ TEST_CASE("string I/O reaches the device once per element", "[bus]") {
     CHECK(device.writes.size() == 3);
 }
 
-TEST_CASE("exits the monitor cannot continue from are fatal; resets and shutdowns end the VM", "[bus]") {
+TEST_CASE("exits the monitor cannot continue from are fatal, resets and shutdowns end the VM", "[bus]") {
     PioBus pio;
     MmioBus mmio;
     UnclaimedAccesses unclaimed;

@@ -48,3 +48,38 @@ TEST_CASE("cli: variant flag text is parsed like the command line", "[cli]") {
     CHECK_THAT(bad.error(), Catch::Contains("--guest-page"));
     CHECK_FALSE(apply_flag_text(base, "--no-such-knob 1").has_value());
 }
+
+TEST_CASE("cli: --kernel boots Linux with the host CPU model unless one is named", "[cli]") {
+    KnobFlags flags;
+    flags.kernel = "/boot/vmlinuz";
+    flags.initrd = "initrd.img";
+    auto config = build_config(flags, 2);
+    REQUIRE(config.has_value());
+    CHECK(config->boots_linux());
+    CHECK(config->initrd == "initrd.img");
+    CHECK(config->kernel_cmdline == kDefaultKernelCmdline);
+    CHECK(config->cpu_model == x86::CpuModel::HostPassthrough); // the untuned profile says minimal
+    flags.cpu_model = "minimal";
+    CHECK(build_config(flags, 2).value().cpu_model == x86::CpuModel::Minimal);
+
+    // The tiny guest keeps the profile's model; an empty --cmdline is a command line of its own.
+    CHECK(build_config(KnobFlags{}, 2).value().cpu_model == x86::CpuModel::Minimal);
+    flags.kernel_cmdline = "";
+    CHECK(build_config(flags, 2).value().kernel_cmdline.empty());
+
+    KnobFlags bad;
+    bad.kernel_cmdline = "console=ttyS0\nx";
+    CHECK_THAT(build_config(bad, 2).error(), Catch::StartsWith("--cmdline: must be one line"));
+}
+
+TEST_CASE("cli: --kernel, --initrd and --cmdline parse on the command line", "[cli]") {
+    CLI::App app{"test"};
+    KnobFlags flags;
+    add_knob_flags(app, flags);
+    add_linux_flags(app, flags);
+    app.parse("--kernel vmlinuz --initrd initrd.img --cmdline \"console=ttyS0 rdinit=/bin/sh\"", false);
+    CHECK(flags.kernel == "vmlinuz");
+    CHECK(flags.initrd == "initrd.img");
+    REQUIRE(flags.kernel_cmdline.has_value());
+    CHECK(*flags.kernel_cmdline == "console=ttyS0 rdinit=/bin/sh");
+}

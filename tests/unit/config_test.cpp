@@ -83,3 +83,34 @@ TEST_CASE("cross-field rules refuse what the host or KVM cannot honour", "[confi
     config.memory = 1 << 20;
     CHECK_FALSE(validate(config, true));
 }
+
+TEST_CASE("a Linux guest's kernel, initrd and command line load from JSON and are checked", "[config]") {
+    auto config = apply_json(VmConfig{}, json::parse(R"({"kernel": "/boot/vmlinuz", "initrd": "initrd.img",
+                                                         "kernel_cmdline": "console=ttyS0 quiet"})"));
+    REQUIRE(config);
+    CHECK(config->boots_linux());
+    CHECK(config->kernel == "/boot/vmlinuz");
+    CHECK(config->initrd == "initrd.img");
+    CHECK(config->kernel_cmdline == "console=ttyS0 quiet");
+    CHECK(validate(*config, true));
+    CHECK(apply_json(VmConfig{}, to_json(*config)).value() == *config);
+    CHECK_THAT(describe(*config), Catch::Contains("kernel /boot/vmlinuz | initrd initrd.img | cmdline "
+                                                  "\"console=ttyS0 quiet\""));
+
+    CHECK_FALSE(VmConfig{}.boots_linux());
+    CHECK(VmConfig{}.kernel_cmdline == kDefaultKernelCmdline);
+    CHECK_THAT(describe(VmConfig{}), Catch::Contains("guest-cmdline \"hello\""));
+    CHECK(apply_json({}, json::parse(R"({"kernel": 7})")).error() ==
+          "config: kernel: must be a string (a file path, or empty for none)");
+    CHECK(apply_json({}, json::parse(R"({"kernel_cmdline": "a\nb"})")).error() ==
+          "config: kernel_cmdline: must be one line without NUL bytes");
+
+    VmConfig tiny;
+    tiny.initrd = "initrd.img";
+    CHECK(validate(tiny, true).error() == "initrd: needs a kernel to go with it (--kernel)");
+    tiny.initrd.clear();
+    tiny.kernel_cmdline = "console=ttyS0";
+    CHECK(validate(tiny, true)
+              .error()
+              .starts_with("cmdline: is the Linux kernel's command line and needs --kernel"));
+}

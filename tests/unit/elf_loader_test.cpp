@@ -179,7 +179,7 @@ TEST_CASE("ELF segments are reported in guest-address order with their header in
     CHECK(loaded->highest == GuestAddress{kLoad + 0x400f});
 }
 
-TEST_CASE("ELF segments load at p_paddr; the entry is found by p_vaddr and translated", "[elf]") {
+TEST_CASE("ELF segments load at p_paddr, the entry is found by p_vaddr and translated", "[elf]") {
     TestRam ram;
     ElfBuilder builder;
     builder.add(PT_LOAD, PF_R | PF_X, 0, pattern(0x40, 7));

@@ -80,7 +80,7 @@ TEST_CASE("serial input: piped bytes all arrive in order, 10x more than the FIFO
     CHECK_FALSE(pump.finished());
 }
 
-TEST_CASE("serial input: held back while the guest keeps DTR low", "[serial]") {
+TEST_CASE("serial input: held back until the guest raises DTR and RTS", "[serial]") {
     Guest guest;
     guest.set_dtr(false);
     Pipe pipe;

@@ -211,8 +211,12 @@ TEST_CASE("serial: receive FIFO keeps order and reports overflow", "[serial]") {
     std::string input;
     for (std::size_t i = 0; i < Uart16550::kReceiveCapacity; ++i)
         input.push_back(static_cast<char>('0' + i % 64));
-    CHECK(f.uart.input_space() == 0); // DTR low: the guest is not ready for input
-    f.out(kMcr, 0x01);                // DTR
+    CHECK(f.uart.input_space() == 0); // DTR and RTS low: the guest is not ready for input
+    f.out(kMcr, 0x01);                // DTR alone: Linux's console set-up, before the port is opened
+    CHECK(f.uart.input_space() == 0);
+    f.out(kMcr, 0x02); // RTS alone
+    CHECK(f.uart.input_space() == 0);
+    f.out(kMcr, 0x03); // DTR and RTS: open and ready to receive
     CHECK(f.uart.input_space() == Uart16550::kReceiveCapacity);
     CHECK(f.type(input.substr(0, 10)) == 10);
     CHECK(f.uart.input_space() == Uart16550::kReceiveCapacity - 10);

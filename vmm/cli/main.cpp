@@ -37,8 +37,10 @@ int main(int argc, char** argv) {
 
     vmmlab::cli::KnobFlags run_flags;
     vmmlab::cli::RunOptions run_options;
-    auto* run = app.add_subcommand("run", "boot the embedded tiny guest (workload from --guest-cmdline)");
+    auto* run = app.add_subcommand(
+        "run", "boot the embedded tiny guest (workload from --guest-cmdline), or Linux with --kernel");
     vmmlab::cli::add_knob_flags(*run, run_flags);
+    vmmlab::cli::add_linux_flags(*run, run_flags);
     run->add_flag("--print-config", run_options.print_config,
                   "print the effective configuration as JSON and exit");
     run->add_option("--console-input", run_options.console_input,

@@ -58,10 +58,20 @@ void add_knob_flags(CLI::App& command, KnobFlags& flags) {
                        "the guest's command line: workload and options");
 }
 
+void add_linux_flags(CLI::App& command, KnobFlags& flags) {
+    command.add_option("--kernel", flags.kernel,
+                       "boot this Linux bzImage instead of the embedded tiny guest");
+    command.add_option("--initrd", flags.initrd, "the Linux guest's initrd (e.g. from tools/mkinitramfs)");
+    command.add_option_function<std::string>(
+        "--cmdline", [&flags](const std::string& value) { flags.kernel_cmdline = value; },
+        fmt::format("the Linux kernel's command line (default \"{}\")", kDefaultKernelCmdline));
+}
+
 std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus) {
     const unsigned cpus = flags.cpus != 0 ? flags.cpus : 1;
     auto config = profile_config(flags.profile, cpus, host_cpus);
     if (!config) return config;
+    bool cpu_model_chosen = !flags.cpu_model.empty();
     if (!flags.config_file.empty()) {
         std::ifstream in(flags.config_file);
         if (!in) return std::unexpected(fmt::format("config: {}: cannot open", flags.config_file));
@@ -70,6 +80,7 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
             return std::unexpected(fmt::format("config: {}: not valid JSON", flags.config_file));
         config = apply_json(*config, json, host_cpus);
         if (!config) return config;
+        cpu_model_chosen = cpu_model_chosen || json.contains("cpu_model");
         if (flags.cpus != 0 && config->cpus != flags.cpus && config->pin.size() == config->cpus)
             config->pin.clear(); // re-derived below for the new count
     }
@@ -90,6 +101,9 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     set("disable_exits", flags.disable_exits);
     set("cpu_model", flags.cpu_model);
     set("guest_cmdline", flags.guest_cmdline);
+    set("kernel", flags.kernel);
+    set("initrd", flags.initrd);
+    if (flags.kernel_cmdline) overrides["kernel_cmdline"] = *flags.kernel_cmdline;
     if (flags.prefault) overrides["prefault"] = true;
     if (flags.no_prefault) overrides["prefault"] = false;
     auto result = apply_json(*config, overrides, host_cpus);
@@ -99,8 +113,10 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
         if (message.starts_with("config: ")) message = "--" + message.substr(8);
         for (auto& c : message)
             if (c == '_' && &c < message.data() + message.find(':')) c = '-';
+        if (message.starts_with("--kernel-cmdline:")) message.replace(0, 16, "--cmdline");
         return std::unexpected(message);
     }
+    if (result->boots_linux() && !cpu_model_chosen) result->cpu_model = x86::CpuModel::HostPassthrough;
     return result;
 }
 
@@ -367,6 +383,13 @@ int compare_command(const KnobFlags& flags, const CompareOptions& options) {
         auto config = build_config(column_flags[name], host_cpus);
         if (!config) {
             std::fprintf(stderr, "vmmlab: %s\n", config.error().c_str());
+            return 2;
+        }
+        if (config->boots_linux()) {
+            std::fprintf(stderr,
+                         "vmmlab: %s: compare runs the tiny guest's workloads; a kernel (%s) cannot be "
+                         "compared\n",
+                         name.c_str(), config->kernel.c_str());
             return 2;
         }
         std::fprintf(stderr, "vmmlab: %s: %s\n", name.c_str(), describe(*config).c_str());

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <expected>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,11 +21,19 @@ struct KnobFlags {
     unsigned cpus = 0;
     std::string memory, backing, guest_page, pin, halt_poll, disable_exits, cpu_model, guest_cmdline;
     bool prefault = false, no_prefault = false;
+    // The Linux guest (`run` only): bzImage and initrd paths, and the kernel command line, which may be
+    // given as an empty string.
+    std::string kernel, initrd;
+    std::optional<std::string> kernel_cmdline;
 };
 
 void add_knob_flags(CLI::App& command, KnobFlags& flags);
+// --kernel, --initrd and --cmdline.
+void add_linux_flags(CLI::App& command, KnobFlags& flags);
 
 // Profile first, then the JSON file, then each flag given. Every error is one line naming the knob.
+// A Linux guest gets the host CPU model unless the flags or the file name one (Linux wants kvmclock, XSAVE
+// and the host's features; the untuned profile's minimal model is for the tiny guest's measurements).
 std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus);
 
 // Puts a terminal into raw input mode for its lifetime and restores what was there before.

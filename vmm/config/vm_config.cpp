@@ -252,6 +252,14 @@ std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann:
         } else if (key == "guest_cmdline") {
             if (!value.is_string()) return fail("must be a string");
             config.guest_cmdline = text;
+        } else if (key == "kernel" || key == "initrd") {
+            if (!value.is_string()) return fail("must be a string (a file path, or empty for none)");
+            (key == "kernel" ? config.kernel : config.initrd) = text;
+        } else if (key == "kernel_cmdline") {
+            if (!value.is_string()) return fail("must be a string");
+            if (text.find('\0') != std::string::npos || text.find('\n') != std::string::npos)
+                return fail("must be one line without NUL bytes");
+            config.kernel_cmdline = text;
         } else {
             return unexpected(fmt::format("config: unknown key '{}'", key));
         }
@@ -272,6 +280,9 @@ nlohmann::json to_json(const VmConfig& config) {
         {"disable_exits", to_string(config.disable_exits)},
         {"cpu_model", to_string(config.cpu_model)},
         {"guest_cmdline", config.guest_cmdline},
+        {"kernel", config.kernel},
+        {"initrd", config.initrd},
+        {"kernel_cmdline", config.kernel_cmdline},
     };
 }
 
@@ -289,17 +300,28 @@ std::expected<void, std::string> validate(const VmConfig& config, bool host_has_
             "host CPU");
     if (config.guest_page == PageSize::k1G && !host_has_pdpe1gb)
         return unexpected("guest-page: 1g needs 1 GiB page support (pdpe1gb), which this CPU lacks");
+    if (!config.boots_linux() && !config.initrd.empty())
+        return unexpected("initrd: needs a kernel to go with it (--kernel)");
+    if (!config.boots_linux() && config.kernel_cmdline != kDefaultKernelCmdline)
+        return unexpected(
+            "cmdline: is the Linux kernel's command line and needs --kernel (the tiny guest's is "
+            "--guest-cmdline)");
     return {};
 }
 
 std::string describe(const VmConfig& config) {
     std::string pin = config.pin.empty() ? "none" : fmt::format("{}", fmt::join(config.pin, ","));
-    return fmt::format(
-        "profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | halt-poll {} | "
-        "disable-exits {} | cpu-model {} | guest-cmdline \"{}\"",
-        config.profile, config.cpus, config.memory >> 20, to_string(config.backing),
-        config.prefault ? " (prefault)" : "", to_string(config.guest_page), pin, to_string(config.halt_poll),
-        to_string(config.disable_exits), to_string(config.cpu_model), config.guest_cmdline);
+    // The guest: the tiny guest's workload, or the Linux kernel, initrd and command line.
+    std::string guest = fmt::format("guest-cmdline \"{}\"", config.guest_cmdline);
+    if (config.boots_linux())
+        guest = fmt::format("kernel {} | initrd {} | cmdline \"{}\"", config.kernel,
+                            config.initrd.empty() ? "none" : config.initrd, config.kernel_cmdline);
+    return fmt::format("profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | "
+                       "halt-poll {} | disable-exits {} | cpu-model {} | {}",
+                       config.profile, config.cpus, config.memory >> 20, to_string(config.backing),
+                       config.prefault ? " (prefault)" : "", to_string(config.guest_page), pin,
+                       to_string(config.halt_poll), to_string(config.disable_exits),
+                       to_string(config.cpu_model), guest);
 }
 
 } // namespace vmmlab

@@ -29,6 +29,14 @@ struct DisabledExits {
     bool operator==(const DisabledExits&) const = default;
 };
 
+// The command line a Linux guest gets unless the configuration names another: its console on the first
+// serial port (the 8250 at 0x3f8, IRQ 4); reboot through the FADT's reset register (without reboot=,
+// Linux 6.1 on a hardware-reduced ACPI platform tries EFI, then the BIOS reset vector, where vmmlab's
+// firmware stub pulses the i8042 reset line); and a panic ends the VM at once (the kernel reboots, which
+// ends a vmmlab run; the monitor reports the panic it saw on the console). Nothing else is needed: the
+// platform answers every probe (ACPI tables and devices, i8042, CMOS RTC, PCI config space).
+inline constexpr std::string_view kDefaultKernelCmdline = "console=ttyS0 reboot=acpi panic=-1";
+
 struct VmConfig {
     std::string profile = "untuned";
     unsigned cpus = 1;
@@ -41,6 +49,12 @@ struct VmConfig {
     DisabledExits disable_exits;
     x86::CpuModel cpu_model = x86::CpuModel::Minimal;
     std::string guest_cmdline = "hello";
+    // A Linux guest instead of the embedded tiny guest: a bzImage, an optional initrd (paths, relative to
+    // the working directory) and the kernel's command line.
+    std::string kernel;
+    std::string initrd;
+    std::string kernel_cmdline{kDefaultKernelCmdline};
+    bool boots_linux() const { return !kernel.empty(); }
     bool operator==(const VmConfig&) const = default;
 };
 
@@ -53,7 +67,8 @@ std::expected<VmConfig, std::string> apply_json(VmConfig base, const nlohmann::j
                                                 unsigned host_cpus = 0);
 nlohmann::json to_json(const VmConfig& config);
 
-// Cross-field rules: pin list length, exits disabled only with pinning, 1G guest pages need pdpe1gb...
+// Cross-field rules: pin list length, exits disabled only with pinning, 1G guest pages need pdpe1gb, an
+// initrd or a kernel command line only with a kernel...
 std::expected<void, std::string> validate(const VmConfig& config, bool host_has_pdpe1gb);
 
 // Knob value parsers shared by the JSON loader and the command line.

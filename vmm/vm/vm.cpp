@@ -16,11 +16,18 @@
 #include "arch/x86/host_cpu.hpp"
 #include "arch/x86/long_mode.hpp"
 #include "base/error.hpp"
+#include "base/read_file.hpp"
 #include "base/unique_fd.hpp"
+#include "boot/linux_guest.hpp"
 #include "boot/tiny_guest.hpp"
 #include "bus/interrupt_line.hpp"
 #include "cpu/vcpu_thread.hpp"
+#include "devices/legacy/acpi_power.hpp"
+#include "devices/legacy/cmos_rtc.hpp"
 #include "devices/legacy/debug_ports.hpp"
+#include "devices/legacy/i8042.hpp"
+#include "devices/legacy/pci_host.hpp"
+#include "devices/legacy/port_sink.hpp"
 #include "devices/legacy/serial.hpp"
 #include "devices/legacy/serial_input.hpp"
 #include "guest/abi/boot_abi.hpp"
@@ -44,6 +51,25 @@ double microseconds_since(std::chrono::steady_clock::time_point when) {
 constexpr std::uint64_t kIdentityMapPage = 0xfeffc000;
 constexpr std::uint64_t kTssPages = 0xfeffd000;
 constexpr std::uint32_t kSerialGsi = 4;
+constexpr std::uint16_t kPostPort = 0x80;
+// Ports Linux probes for hardware a PC may have and vmmlab does not; they read all ones, as if unclaimed,
+// but are not counted or logged as unclaimed: the answer "nothing here" is the intended one.
+struct AbsentRange {
+    std::uint16_t port, size;
+};
+constexpr AbsentRange kAbsentPorts[] = {
+    {0x2e, 2},  // Super I/O configuration index/data (the 8250_fintek probe)
+    {0x4e, 2},  // the same, second address
+    {0x81, 15}, // ISA DMA page registers (the i8237 probe reads 0x87)
+    {0x2e8, 8}, // COM4
+    {0x2f8, 8}, // COM2
+    {0x3e8, 8}, // COM3
+};
+// What the Linux kernel prints when it panics; with panic=-1 it then reboots at once, which alone would
+// look like a clean end of the run.
+constexpr std::string_view kKernelPanicText = "Kernel panic - not syncing";
+// Exit status of a run whose Linux guest panicked (EX_SOFTWARE, as the tiny guest's own panic).
+constexpr int kKernelPanicStatus = 70;
 
 class KvmIrqLine final : public InterruptLine {
 public:
@@ -138,6 +164,40 @@ private:
     std::vector<KvmStatsSnapshot> vcpu_start_;
 };
 
+// The files of a Linux guest, read and checked before any VM exists.
+struct LinuxFiles {
+    std::vector<std::byte> kernel, initrd;
+};
+
+LinuxFiles read_linux_files(const VmConfig& config) {
+    LinuxFiles files;
+    auto kernel = read_binary_file(config.kernel);
+    if (!kernel) throw GuestImageError("kernel " + kernel.error());
+    if (auto header = parse_bzimage(*kernel); !header)
+        throw GuestImageError(fmt::format("kernel {}: {}", config.kernel, header.error().message));
+    files.kernel = std::move(*kernel);
+    if (!config.initrd.empty()) {
+        auto initrd = read_binary_file(config.initrd);
+        if (!initrd) throw GuestImageError("initrd " + initrd.error());
+        files.initrd = std::move(*initrd);
+    }
+    return files;
+}
+
+// One line for a layout error, naming the file at fault.
+std::string describe_linux_error(const VmConfig& config, const LinuxGuestError& error) {
+    switch (error.part) {
+    case LinuxGuestError::Part::Kernel:
+        return fmt::format("kernel {}: {}", config.kernel, error.message);
+    case LinuxGuestError::Part::Initrd:
+        return fmt::format("initrd {}: {}", config.initrd, error.message);
+    case LinuxGuestError::Part::CommandLine:
+        return fmt::format("cmdline: {}", error.message);
+    case LinuxGuestError::Part::Platform:
+        break;
+    }
+    return fmt::format("Linux guest in {} MiB of RAM: {}", config.memory >> 20, error.message);
+}
 } // namespace
 
 double microseconds_since_process_start() {
@@ -195,6 +255,15 @@ struct Vm::State {
     devices::BenchSink bench_pio{"bench-pio"};
     devices::BenchSink bench_ioeventfd{"bench-ioeventfd"};
     devices::BenchSink bench_mmio{"bench-mmio"};
+    devices::AcpiPower acpi_power{control};
+    KvmIrqLine keyboard_irq{vm, devices::I8042::kKeyboardIrq};
+    KvmIrqLine aux_irq{vm, devices::I8042::kAuxIrq};
+    devices::I8042 i8042{control, keyboard_irq, aux_irq};
+    devices::CmosRtc rtc;
+    devices::PortSink post_port{"post-port"};
+    devices::PortSink absent_ports{"absent"};
+    devices::PciHost pci; // configuration mechanism #1: the host bridge at 00:00.0, virtio devices later
+    std::optional<std::string> kernel_panic; // the console line, once seen (guarded by output_mutex)
     UniqueFd bench_eventfd;
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
     double setup_done_us = 0;
@@ -207,6 +276,8 @@ struct Vm::State {
               if (auto result = parse_result_line(line.text);
                   result && line.complete && !line.continues_previous)
                   results.push_back(*result);
+              if (config.boots_linux() && !kernel_panic && line.text.find(kKernelPanicText) != line.text.npos)
+                  kernel_panic = std::string(line.text);
           }),
           console(std::move(console_options)), serial_irq(vm, kSerialGsi),
           serial(
@@ -226,12 +297,16 @@ struct Vm::State {
 };
 
 Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console,
-       TraceOptions trace)
-    : state_(std::make_unique<State>(config, std::move(console), std::move(trace))) {
-    auto& s = *state_;
-    kvm::require_capabilities(s.system);
+       TraceOptions trace) {
     const auto host = x86::read_host_cpu();
     if (auto valid = validate(config, host.pdpe1gb); !valid) throw SystemError(valid.error(), EINVAL);
+    // A Linux guest's files first: a wrong path or a file that is no bzImage is refused before any VM exists.
+    std::optional<LinuxFiles> linux_files;
+    if (config.boots_linux()) linux_files = read_linux_files(config);
+
+    state_ = std::make_unique<State>(config, std::move(console), std::move(trace));
+    auto& s = *state_;
+    kvm::require_capabilities(s.system);
 
     s.vm.set_identity_map_address(kIdentityMapPage);
     s.vm.set_tss_address(kTssPages);
@@ -254,6 +329,15 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     insert(s.pio, PioAddress{abi::kBenchPioPort}, 4, s.bench_pio);
     insert(s.pio, PioAddress{abi::kBenchIoeventfdPort}, 4, s.bench_ioeventfd);
     insert(s.mmio, MmioAddress{abi::kBenchMmioAddress}, 0x1000, s.bench_mmio);
+    // The PC platform pieces Linux probes (any guest may use them).
+    insert(s.pio, PioAddress{devices::I8042::kDataPort}, 1, s.i8042.data_port());
+    insert(s.pio, PioAddress{devices::I8042::kCommandPort}, 1, s.i8042.command_port());
+    insert(s.pio, PioAddress{devices::CmosRtc::kIndexPort}, devices::CmosRtc::kRegisterCount, s.rtc);
+    insert(s.pio, PioAddress{kPostPort}, 1, s.post_port);
+    for (const auto& range : kAbsentPorts)
+        insert(s.pio, PioAddress{range.port}, range.size, s.absent_ports);
+    insert(s.pio, PioAddress{x86::acpi::kSleepControlPort}, devices::AcpiPower::kRegisterCount, s.acpi_power);
+    insert(s.pio, PioAddress{devices::PciHost::kBasePort}, devices::PciHost::kPortCount, s.pci);
     std::uint32_t flags = 0;
     if (s.system.check_extension(KVM_CAP_IOEVENTFD) > 0) {
         s.bench_eventfd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -278,6 +362,34 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         s.vcpus.push_back(std::make_unique<VcpuThread>(std::move(vcpu), pin));
     }
 
+    if (linux_files) {
+        auto layout = prepare_linux_guest(s.memory, {.vcpus = config.cpus,
+                                                     .kernel = linux_files->kernel,
+                                                     .initrd = linux_files->initrd,
+                                                     .command_line = config.kernel_cmdline,
+                                                     .mp_table = true});
+        if (!layout) throw GuestImageError(describe_linux_error(config, layout.error()));
+        // Only the boot vCPU starts. The others stay as KVM created them (waiting for INIT/SIPI in the
+        // in-kernel local APIC), and Linux starts them through the APIC as on real hardware.
+        auto& boot = s.vcpus[0]->fd();
+        boot.set_sregs(
+            x86::long_mode_sregs(boot.sregs(), {.cr3 = layout->cr3, .gdt = layout->gdt, .osxsave = false}));
+        boot.set_regs(layout->boot_regs);
+    } else {
+        start_tiny_guest(s, guest_image, flags, guest_avx);
+    }
+    s.sites = std::make_shared<const SiteTable>(SiteTable::from_buses(s.pio, s.mmio));
+    s.control.set_on_stop([&s] {
+        for (auto& vcpu : s.vcpus)
+            vcpu->kick();
+    });
+    s.setup_done_us = microseconds_since_process_start();
+    spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
+}
+
+void Vm::start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,
+                          bool guest_avx) {
+    const auto& config = s.config;
     TinyGuestParams params{.vcpus = config.cpus,
                            .guest_page = config.guest_page,
                            .command_line = config.guest_cmdline,
@@ -295,13 +407,6 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         // With the in-kernel LAPIC, application processors wait for INIT/SIPI; ours start directly.
         if (id != 0) vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE);
     }
-    s.sites = std::make_shared<const SiteTable>(SiteTable::from_buses(s.pio, s.mmio));
-    s.control.set_on_stop([&s] {
-        for (auto& vcpu : s.vcpus)
-            vcpu->kick();
-    });
-    s.setup_done_us = microseconds_since_process_start();
-    spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
 }
 
 Vm::~Vm() {
@@ -412,6 +517,7 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
                                                         }});
     // Wait for the guest to end the VM: bounded by `timeout`, waking every stats interval to report.
     const auto started = std::chrono::steady_clock::now();
+    bool timed_out = false;
     const bool periodic = s.trace.kernel_stats && s.trace.stats_interval.count() > 0 && s.trace.on_interval;
     while (timeout.count() > 0 || periodic) {
         auto wait = periodic ? s.trace.stats_interval : timeout;
@@ -419,6 +525,7 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
             const auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(
                                             std::chrono::steady_clock::now() - started);
             if (left.count() <= 0) {
+                timed_out = true;
                 s.control.request_stop(
                     124, fmt::format("timed out after {} ms; the guest did not end the VM", timeout.count()));
                 break;
@@ -431,6 +538,19 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
     for (auto& vcpu : s.vcpus)
         vcpu->join();
     input.reset();
+    // Where a wedged guest was: each vCPU's instruction pointer, readable now that its thread has left
+    // KVM_RUN (an application processor Linux never started reads as the reset vector's 0xfff0).
+    std::string where;
+    if (timed_out)
+        for (auto& vcpu : s.vcpus) {
+            try {
+                where += fmt::format("{}vCPU {} at rip {:#x}", where.empty() ? "" : ", ", vcpu->fd().id(),
+                                     vcpu->fd().regs().rip);
+            } catch (const SystemError& error) {
+                where +=
+                    fmt::format("{}vCPU {}: {}", where.empty() ? "" : ", ", vcpu->fd().id(), error.what());
+            }
+        }
     report.end_us = microseconds_since_process_start();
     if (tracepoint) {
         tracepoint->stop(); // delivers what the pipe still holds; no callback after this
@@ -454,6 +574,13 @@ RunReport Vm::run(std::chrono::milliseconds timeout) {
     }
     report.exit_status = s.control.status();
     report.stop_reason = s.control.reason();
+    if (!where.empty() && report.exit_status == 124) report.stop_reason += " (" + where + ")";
+    if (std::lock_guard lock(s.output_mutex); s.kernel_panic) {
+        // panic=-1 makes the kernel reboot, which ends the run with status 0: report the panic instead.
+        report.stop_reason =
+            fmt::format("the guest kernel panicked (\"{}\"), then: {}", *s.kernel_panic, report.stop_reason);
+        if (report.exit_status == 0) report.exit_status = kKernelPanicStatus;
+    }
     for (auto& vcpu : s.vcpus)
         report.exit_counts.push_back(vcpu->exit_counts());
     report.unclaimed_pio = s.unclaimed.pio.load();

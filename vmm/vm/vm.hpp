@@ -1,5 +1,20 @@
-// A VM assembled from a VmConfig: KVM handles, guest RAM, buses and devices, vCPU threads, and the
-// embedded tiny guest laid out in memory. run() returns when the guest ends the VM.
+// A VM assembled from a VmConfig: KVM handles, guest RAM, buses and devices, vCPU threads, and either the
+// embedded tiny guest or a Linux kernel (config.kernel) laid out in memory. run() returns when the guest
+// ends the VM.
+//
+// The platform every guest sees (PIO ports):
+//   0x60, 0x64    i8042 keyboard controller, no keys, no mouse; IRQ 1 and 12; pulse 0xfe resets
+//   0x70-0x71     CMOS RTC showing the host's clock (UTC)
+//   0x80          POST/delay port: writes dropped, reads 0xff
+//   0x3f8-0x3ff   16550A UART, IRQ 4: the console, in both directions
+//   0x510 0x514   exit port, boot marker (guest/abi/boot_abi.hpp); 0x520, 0x524 benchmark sinks
+//   0x600-0x602   ACPI sleep control/status and reset registers (power-off, reboot)
+//   0xcf8-0xcff   PCI configuration mechanism #1 with an empty bus 0 (reads of every function all ones)
+//   0x2e 0x4e 0x81-0x8f 0x2e8 0x2f8 0x3e8   probed by Linux, absent: Super I/O configuration, ISA DMA
+//                 page registers, COM4, COM2, COM3. Reads return all ones ("nothing here"), writes are
+//                 dropped, and neither counts as unclaimed
+// In-kernel (KVM): PIC 0x20/0xa0/0x4d0, PIT 0x40-0x43 and 0x61, IO-APIC, local APICs. Other ports are
+// unclaimed: answered the same way, but counted and logged, because the guest expected something there.
 #pragma once
 
 #include <chrono>
@@ -8,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -67,6 +83,13 @@ struct TraceOptions {
     std::function<void(const std::string& line)> on_interval{};
 };
 
+// A kernel or initrd that cannot be read or booted: a bad input rather than a host failure. The message
+// is one line naming the file and the cause, e.g. "kernel /boot/vmlinuz: truncated bzImage: ...".
+class GuestImageError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 struct ConsoleOptions {
     // Receives every byte the guest writes to its serial port; defaults to stdout.
     std::function<void(std::span<const std::byte>)> output;
@@ -78,6 +101,9 @@ struct ConsoleOptions {
 
 class Vm {
 public:
+    // `guest_image` is the tiny guest's ELF; a Linux guest (config.kernel set) does not use it. Throws
+    // GuestImageError for a kernel or initrd that cannot be read or booted (a missing file or one that is
+    // no bzImage before any VM is created), SystemError for an invalid config or a host set-up failure.
     Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOptions console = {},
        TraceOptions trace = {});
     ~Vm();
@@ -92,6 +118,8 @@ private:
     static void write_timeline(State& state, RunReport& report);
     static void start_exit_tracepoint(State& state, std::optional<KvmExitCounter>& counter,
                                       std::optional<KvmExitTracepoint>& tracepoint, RunReport& report);
+    static void start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,
+                                 bool guest_avx);
     std::unique_ptr<State> state_;
 };
 

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <initializer_list>
 #include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -182,6 +184,120 @@ std::vector<std::byte> s5_package_aml(std::uint8_t sleep_type) {
     return bytes;
 }
 
+namespace {
+// AML encoding helpers (ACPI 6.5, 20.2).
+constexpr std::uint8_t kAmlNameOp = 0x08, kAmlScopeOp = 0x10, kAmlBufferOp = 0x11, kAmlBytePrefix = 0x0a,
+                       kAmlDwordPrefix = 0x0c, kAmlExtOpPrefix = 0x5b, kAmlDeviceOp = 0x82, kAmlOneOp = 0x01,
+                       kAmlRootChar = 0x5c;
+// Small resource descriptors (ACPI 6.5, 6.4.2): tag byte = type << 3 | length.
+constexpr std::uint8_t kIoDescriptor = 0x47;  // I/O port, 7 bytes follow
+constexpr std::uint8_t kIrqDescriptor = 0x22; // IRQ mask without flags (edge, active high), 2 bytes follow
+constexpr std::uint8_t kEndTag = 0x79;        // end tag, 1 byte (checksum) follows
+
+void append(std::vector<std::byte>& out, std::initializer_list<std::uint8_t> bytes) {
+    for (auto byte : bytes)
+        out.push_back(std::byte{byte});
+}
+void append(std::vector<std::byte>& out, std::span<const std::byte> bytes) {
+    out.insert(out.end(), bytes.begin(), bytes.end());
+}
+void append_name(std::vector<std::byte>& out, std::string_view name_seg) {
+    for (char c : name_seg)
+        out.push_back(static_cast<std::byte>(c));
+}
+
+// PkgLength (20.2.4) followed by `body`: the length counts its own bytes and the body.
+void append_package(std::vector<std::byte>& out, std::span<const std::byte> body) {
+    const std::size_t size = body.size();
+    if (size + 1 < 0x40) {
+        append(out, {static_cast<std::uint8_t>(size + 1)});
+    } else if (size + 2 < 0x1000) {
+        const std::size_t total = size + 2;
+        append(out, {static_cast<std::uint8_t>(0x40 | (total & 0xf)), static_cast<std::uint8_t>(total >> 4)});
+    } else {
+        const std::size_t total = size + 3; // < 1 MiB: the DSDT is far smaller
+        append(out, {static_cast<std::uint8_t>(0x80 | (total & 0xf)), static_cast<std::uint8_t>(total >> 4),
+                     static_cast<std::uint8_t>(total >> 12)});
+    }
+    append(out, body);
+}
+
+// The compressed EISA ID of "PNPxxxx" (ASL's EISAID()): three letters of 5 bits, then four hex digits.
+std::uint32_t eisa_id(std::string_view id) {
+    const auto letter = [&](std::size_t i) { return static_cast<std::uint32_t>(id[i] - 0x40) & 0x1f; };
+    const auto digit = [&](std::size_t i) {
+        const char c = id[i];
+        return static_cast<std::uint32_t>(c <= '9' ? c - '0' : c - 'A' + 10);
+    };
+    const std::uint32_t vendor = letter(0) << 10 | letter(1) << 5 | letter(2);
+    const std::uint32_t product = digit(3) << 12 | digit(4) << 8 | digit(5) << 4 | digit(6);
+    // Stored big-endian: vendor high byte, vendor low byte, product high byte, product low byte.
+    return (vendor >> 8) | (vendor & 0xff) << 8 | (product >> 8) << 16 | (product & 0xff) << 24;
+}
+
+struct LegacyDevice {
+    std::string_view name;                                     // four characters
+    std::string_view hid;                                      // PNP ID
+    std::vector<std::pair<std::uint16_t, std::uint8_t>> ports; // (first port, count)
+    std::uint8_t irq;
+};
+
+std::vector<std::byte> device_aml(const LegacyDevice& device) {
+    std::vector<std::byte> body;
+    append_name(body, device.name);
+    append(body, {kAmlNameOp});
+    append_name(body, "_HID");
+    const std::uint32_t id = eisa_id(device.hid);
+    append(body, {kAmlDwordPrefix, static_cast<std::uint8_t>(id), static_cast<std::uint8_t>(id >> 8),
+                  static_cast<std::uint8_t>(id >> 16), static_cast<std::uint8_t>(id >> 24)});
+    append(body, {kAmlNameOp});
+    append_name(body, "_UID");
+    append(body, {kAmlOneOp});
+
+    std::vector<std::byte> resources;
+    for (const auto& [port, count] : device.ports) {
+        const auto low = static_cast<std::uint8_t>(port), high = static_cast<std::uint8_t>(port >> 8);
+        // Decode16, minimum = maximum = port, alignment 1, length.
+        append(resources, {kIoDescriptor, 0x01, low, high, low, high, 0x01, count});
+    }
+    const auto mask = static_cast<std::uint16_t>(1U << device.irq);
+    append(resources,
+           {kIrqDescriptor, static_cast<std::uint8_t>(mask), static_cast<std::uint8_t>(mask >> 8)});
+    append(resources, {kEndTag, 0x00}); // checksum 0: "treated as if it had succeeded"
+
+    std::vector<std::byte> buffer;
+    append(buffer, {kAmlBytePrefix, static_cast<std::uint8_t>(resources.size())});
+    append(buffer, resources);
+    append(body, {kAmlNameOp});
+    append_name(body, "_CRS");
+    append(body, {kAmlBufferOp});
+    append_package(body, buffer);
+
+    std::vector<std::byte> out;
+    append(out, {kAmlExtOpPrefix, kAmlDeviceOp});
+    append_package(out, body);
+    return out;
+}
+} // namespace
+
+std::vector<std::byte> legacy_devices_aml(const AcpiConfig& config) {
+    std::vector<LegacyDevice> devices;
+    if (config.serial) devices.push_back({"COM1", "PNP0501", {{config.serial_port, 8}}, config.serial_irq});
+    if (config.i8042) devices.push_back({"PS2K", "PNP0303", {{0x60, 1}, {0x64, 1}}, 1});
+    if (config.cmos_rtc) devices.push_back({"RTC_", "PNP0B00", {{0x70, 2}}, 8});
+    if (devices.empty()) return {};
+
+    std::vector<std::byte> scope;
+    append(scope, {kAmlRootChar});
+    append_name(scope, "_SB_");
+    for (const auto& device : devices)
+        append(scope, device_aml(device));
+    std::vector<std::byte> out;
+    append(out, {kAmlScopeOp});
+    append_package(out, scope);
+    return out;
+}
+
 std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const AcpiConfig& config) {
     if (base.value % 16 != 0)
         return std::unexpected(fmt::format("ACPI: base {:#x} is not 16-byte aligned", base.value));
@@ -193,6 +309,9 @@ std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const
     if (config.s5_sleep_type > 7)
         return std::unexpected(
             fmt::format("ACPI: S5 sleep type {} does not fit SLP_TYP (0-7)", config.s5_sleep_type));
+    if (config.serial && config.serial_irq > 15)
+        return std::unexpected(
+            fmt::format("ACPI: serial IRQ {} is not an ISA IRQ (0-15)", config.serial_irq));
 
     AcpiImage image;
     Writer w(image.bytes);
@@ -212,6 +331,7 @@ std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const
     // DSDT first so the FADT can point at it; then FADT, MADT, and the XSDT listing those two.
     const std::size_t dsdt = begin_table(w, "DSDT", 2, "VMMLDSDT");
     w.bytes(s5_package_aml(config.s5_sleep_type));
+    w.bytes(legacy_devices_aml(config));
     end_table(w, dsdt);
 
     const std::size_t fadt = begin_table(w, "FACP", 6, "VMMLFACP");

@@ -19,6 +19,14 @@
 // kAcpiTablesAddress = 0xe0000: inside the BIOS area [0xe0000, 0x100000) where Linux scans for
 // "RSD PTR " on 16-byte boundaries, and reserved in e820; boot_params.acpi_rsdp_addr points there too.
 //
+// Legacy devices. On a hardware-reduced platform Linux has no legacy PIC, so it maps no ISA IRQ to an
+// IO-APIC input by itself (nr_legacy_irqs() is 0): an IRQ becomes usable only when a device in the
+// namespace names it. The DSDT therefore describes the ISA devices vmmlab has, as a PC's firmware does, in
+// \_SB_: COM1 (PNP0501: ports 0x3f8-0x3ff, IRQ 4), the keyboard controller (PNP0303: ports 0x60 and 0x64,
+// IRQ 1; no PS/2 mouse device, so Linux leaves the aux port alone) and the RTC (PNP0B00: ports 0x70-0x71,
+// IRQ 8), each with _HID, _UID and a _CRS of I/O port and IRQ descriptors (edge, active high). Without
+// them the serial driver, i8042 and rtc_cmos fail to get their interrupts (request_irq: -EINVAL).
+//
 // The DSDT's AML, hand-assembled (ACPI 6.5, 20.2 AML grammar):
 //   08                NameOp
 //   5f 53 35 5f       NameSeg "_S5_"
@@ -27,6 +35,16 @@
 //   04                NumElements: 4
 //   0a NN             BytePrefix NN: SLP_TYPa, the value Linux writes into SLP_TYP (5 here)
 //   00 00 00          ZeroOp x3: SLP_TYPb (unused on hardware-reduced platforms) and two reserved
+// then the devices (legacy_devices_aml):
+//   10 PkgLength 5c "_SB_"              Scope (\_SB_)
+//     5b 82 PkgLength "COM1"            Device (COM1)
+//       08 "_HID" 0c 41 d0 05 01        Name (_HID, EISAID ("PNP0501"))
+//       08 "_UID" 01                    Name (_UID, One)
+//       08 "_CRS" 11 PkgLength 0a NN    Name (_CRS, Buffer (NN) {
+//         47 01 f8 03 f8 03 01 08         IO (Decode16, 0x3f8, 0x3f8, 1, 8)
+//         22 10 00                        IRQNoFlags () {4}
+//         79 00                           end tag, no checksum })
+//     ... PS2K and RTC_ likewise
 #pragma once
 
 #include <cstddef>
@@ -80,8 +98,12 @@ struct AcpiConfig {
     // really provides; it tells an OS that uses the IO-APIC to mask the 8259s. Linux in hardware-reduced
     // mode ignores the 8259s either way; the flag keeps the table truthful for other guests.
     bool pcat_compat = true;
-    bool i8042 = true;    // IAPC_BOOT_ARCH 8042: there is a keyboard controller (devices/legacy/i8042)
-    bool cmos_rtc = true; // false sets CMOS_RTC_NOT_PRESENT
+    bool i8042 =
+        true; // IAPC_BOOT_ARCH 8042 and the PNP0303 device: a keyboard controller (devices/legacy/i8042)
+    bool cmos_rtc = true; // the PNP0B00 device; false sets CMOS_RTC_NOT_PRESENT instead
+    bool serial = true;   // the PNP0501 device for the 16550 UART at serial_port, IRQ serial_irq (0-15)
+    std::uint16_t serial_port = 0x3f8;
+    std::uint8_t serial_irq = 4;
     std::uint8_t century_register = kCmosCenturyRegister; // FADT CENTURY: CMOS index of the century
 };
 
@@ -97,7 +119,8 @@ struct AcpiImage {
 };
 
 // Lays the tables out for guest address `base` (16-byte aligned, tables below 4 GiB). Pure.
-// Errors: base unaligned or too high, vcpus 0 or above kMaxVcpus, s5_sleep_type above 7.
+// Errors: base unaligned or too high, vcpus 0 or above kMaxVcpus, s5_sleep_type above 7, a serial IRQ
+// above 15.
 std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const AcpiConfig& config);
 
 // build_acpi_tables, checked to fit [base, base + area_size) and RAM, then written to guest memory.
@@ -107,7 +130,9 @@ std::expected<AcpiTables, std::string> write_acpi_tables(const GuestMemory& memo
 // The byte that makes `bytes` (with that byte in place of a zero) sum to 0 modulo 256.
 std::uint8_t checksum_byte(std::span<const std::byte> bytes);
 
-// The DSDT body described above.
+// The DSDT body described above: the \_S5_ package, then the \_SB_ scope with the legacy devices (empty
+// when the config has none).
 std::vector<std::byte> s5_package_aml(std::uint8_t sleep_type);
+std::vector<std::byte> legacy_devices_aml(const AcpiConfig& config);
 
 } // namespace vmmlab::x86::acpi

@@ -179,9 +179,15 @@ std::string describe_exits(const RunReport& report) {
 }
 
 int run_command(const KnobFlags& flags, const RunOptions& options) {
-    auto config = build_config(flags, x86::read_host_cpu().logical_cpus);
+    const auto host = x86::read_host_cpu();
+    auto config = build_config(flags, host.logical_cpus);
     if (!config) {
         std::fprintf(stderr, "vmmlab: %s\n", config.error().c_str());
+        return 2;
+    }
+    // The cross-field rules too, so a bad combination is a usage error like a bad value.
+    if (auto valid = validate(*config, host.pdpe1gb); !valid) {
+        std::fprintf(stderr, "vmmlab: %s\n", valid.error().c_str());
         return 2;
     }
     if (options.print_config) {

@@ -71,7 +71,7 @@ TEST_CASE("pci: the host bridge at 00:00.0 and nothing else", "[pci]") {
 TEST_CASE("pci: only the command register's enable bits are writable", "[pci]") {
     PciHost bridge;
     out(bridge, 0, address(0, 0, 0, 0x04), 4);
-    out(bridge, kData, 0xffffffff, 4); // command and status
+    out(bridge, kData, 0xffffffff, 4);                // command and status
     CHECK((in(bridge, kData, 4) & 0xffff) != 0xffff); // reserved command bits stay 0
     out(bridge, kData, 0, 2);
     CHECK(in(bridge, kData, 2) == 0);

@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "arch/x86/acpi.hpp"
 #include "arch/x86/cpuid.hpp"
 #include "arch/x86/host_cpu.hpp"
 #include "arch/x86/long_mode.hpp"
@@ -254,7 +255,7 @@ private:
 // above the tiny guest's bench MMIO page at 0xD0000000 and far below the IO-APIC at 0xFEC00000), INTx on
 // GSI kVirtioIntxGsiBase + i (IO-APIC pins 16-23, one each: KVM_IRQ_LINE levels of one source cannot be
 // shared). Linux uses MSI-X; INTx is for drivers that do not.
-constexpr std::uint64_t kVirtioBarBase = 0xe0000000;
+constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
 constexpr std::uint32_t kVirtioIntxGsiBase = 16;
 constexpr std::size_t kMaxDisks = 8;
 

@@ -79,6 +79,8 @@ VirtioPciTransport::VirtioPciTransport(std::string name, VirtioDevice& device, c
         throw std::invalid_argument(name_ + ": too many queues for the notify region");
     if (device.config_size() > kDeviceConfigMax)
         throw std::invalid_argument(name_ + ": device configuration too large");
+    for (auto& queue : queues_)
+        queue.size = device.max_queue_size();
     space_.set_u16(devices::pci::kSubsystemVendorId, kVirtioVendor);
     space_.set_u16(devices::pci::kSubsystemId, kSubsystemId);
     space_.set_u8(devices::pci::kInterruptLine, irq);
@@ -463,8 +465,9 @@ void VirtioPciTransport::reset_locked() {
     device_feature_select_ = 0;
     driver_feature_select_ = 0;
     queue_select_ = 0;
+    // queue_size reads the device's maximum after reset (virtio 1.2, 4.1.4.3); a driver may lower it.
     for (auto& queue : queues_)
-        queue = QueueRegisters{};
+        queue = QueueRegisters{.size = device_.max_queue_size()};
     std::lock_guard interrupt_lock(interrupt_mutex_);
     needs_reset_ = false;
     isr_ = 0;

@@ -344,9 +344,29 @@ TEST_CASE("acpi: the DSDT names COM1, the keyboard controller and the RTC with t
     CHECK(contains(serial_only, bytes_of({'C', 'O', 'M', '1'})));
     CHECK_FALSE(contains(serial_only, bytes_of({'P', 'S', '2', 'K'})));
     bare.serial = false;
+    CHECK(contains(legacy_devices_aml(bare), bytes_of({'P', 'C', 'I', '0'}))); // the root bridge stays
+    bare.pci_root_bridge = false;
     CHECK(legacy_devices_aml(bare).empty());
+    bare.pci_root_bridge = true;
     bare.serial = true;
     bare.serial_irq = 16;
     CHECK(build_acpi_tables(GuestAddress{kAcpiTablesAddress}, bare).error() ==
           "ACPI: serial IRQ 16 is not an ISA IRQ (0-15)");
+}
+
+TEST_CASE("acpi: the DSDT's PCI root bridge declares bus 0, the 0xCF8 ports and the BAR window", "[acpi]") {
+    AcpiConfig config;
+    const auto aml = legacy_devices_aml(config);
+    CHECK(contains(aml, bytes_of({'P', 'C', 'I', '0'})));
+    // _HID PNP0A08 and _CID PNP0A03 as compressed EISA IDs (41 D0 0A 08 / 41 D0 0A 03).
+    CHECK(contains(aml, bytes_of({'_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08})));
+    CHECK(contains(aml, bytes_of({'_', 'C', 'I', 'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03})));
+    // Bus numbers 0-0, length 1.
+    CHECK(contains(aml, bytes_of({0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0})));
+    CHECK(contains(aml, bytes_of({0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08})));
+    // Memory window 0xE0000000-0xEFFFFFFF, length 256 MiB.
+    CHECK(contains(aml, bytes_of({0x87, 0x17, 0x00, 0x00, 0x0c, 0x01, 0, 0, 0, 0,    0x00, 0x00, 0x00,
+                                  0xe0, 0xff, 0xff, 0xff, 0xef, 0,    0, 0, 0, 0x00, 0x00, 0x00, 0x10})));
+    config.pci_mmio_base = 0xc0000000;
+    CHECK(contains(legacy_devices_aml(config), bytes_of({0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xcf})));
 }

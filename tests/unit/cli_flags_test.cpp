@@ -83,3 +83,27 @@ TEST_CASE("cli: --kernel, --initrd and --cmdline parse on the command line", "[c
     REQUIRE(flags.kernel_cmdline.has_value());
     CHECK(*flags.kernel_cmdline == "console=ttyS0 rdinit=/bin/sh");
 }
+
+TEST_CASE("cli: --disk is repeatable and its errors are one line naming --disk", "[cli]") {
+    KnobFlags flags;
+    flags.disks = {"path=a.img", "path=b.img,readonly=on,engine=threads"};
+    auto config = build_config(flags, 2);
+    REQUIRE(config.has_value());
+    REQUIRE(config->disks.size() == 2);
+    CHECK(config->disks[0].path == "a.img");
+    CHECK(config->disks[1].readonly);
+    CHECK(config->disks[1].engine == virtio::IoEngineKind::Threads);
+
+    flags.disks = {"path=a.img,engine=fast"};
+    auto bad = build_config(flags, 2);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK_THAT(bad.error(), Catch::StartsWith("--disk: "));
+    CHECK_THAT(bad.error(), Catch::Contains("engine='fast'"));
+    CHECK(bad.error().find('\n') == std::string::npos);
+
+    CLI::App app;
+    KnobFlags parsed;
+    add_linux_flags(app, parsed);
+    app.parse(std::vector<std::string>{"path=y.img,direct=on", "--disk", "path=x.img", "--disk"});
+    CHECK(parsed.disks == std::vector<std::string>{"path=x.img", "path=y.img,direct=on"});
+}

@@ -114,3 +114,49 @@ TEST_CASE("a Linux guest's kernel, initrd and command line load from JSON and ar
               .error()
               .starts_with("cmdline: is the Linux kernel's command line and needs --kernel"));
 }
+
+TEST_CASE("disks parse from their flag text and from JSON, and bad ones name the key", "[config]") {
+    auto disk = parse_disk("path=/tmp/a.img,readonly=on,direct=on,engine=uring");
+    REQUIRE(disk.has_value());
+    CHECK(disk->path == "/tmp/a.img");
+    CHECK(disk->readonly);
+    CHECK(disk->direct);
+    CHECK(disk->engine == virtio::IoEngineKind::IoUring);
+    CHECK(parse_disk(to_string(*disk)) == disk);
+
+    auto plain = parse_disk("path=disk.raw");
+    REQUIRE(plain.has_value());
+    CHECK_FALSE(plain->readonly);
+    CHECK_FALSE(plain->direct);
+    CHECK(plain->engine == virtio::IoEngineKind::Sync);
+    CHECK(parse_disk("path=x,engine=threads")->engine == virtio::IoEngineKind::Threads);
+
+    CHECK_THAT(parse_disk("readonly=on").error(), Catch::Contains("no path=IMG"));
+    CHECK_THAT(parse_disk("disk.raw").error(), Catch::Contains("not KEY=VALUE"));
+    CHECK_THAT(parse_disk("path=").error(), Catch::Contains("empty"));
+    CHECK_THAT(parse_disk("path=a,readonly=yes").error(), Catch::Contains("readonly='yes' is not on or off"));
+    CHECK_THAT(parse_disk("path=a,engine=aio").error(), Catch::Contains("sync, threads, uring"));
+    CHECK_THAT(parse_disk("path=a,cache=none").error(), Catch::Contains("unknown key 'cache'"));
+    CHECK_THAT(parse_disk("path=a,path=b").error(), Catch::Contains("path given twice"));
+
+    VmConfig config;
+    config.disks = {*disk, *plain};
+    auto back = apply_json(VmConfig{}, to_json(config));
+    REQUIRE(back.has_value());
+    CHECK(back->disks == config.disks);
+    CHECK_THAT(describe(config), Catch::Contains("disk path=disk.raw,readonly=off"));
+
+    auto mixed = apply_json(
+        VmConfig{},
+        nlohmann::json::parse(R"({"disks": ["path=a.img", {"path": "b.img", "readonly": true}]})"));
+    REQUIRE(mixed.has_value());
+    REQUIRE(mixed->disks.size() == 2);
+    CHECK(mixed->disks[1].path == "b.img");
+    CHECK(mixed->disks[1].readonly);
+    CHECK_THAT(apply_json(VmConfig{}, nlohmann::json::parse(R"({"disks": "path=a"})")).error(),
+               Catch::StartsWith("config: disks:"));
+    CHECK_THAT(
+        apply_json(VmConfig{}, nlohmann::json::parse(R"({"disks": [{"path": "a", "direct": "maybe"}]})"))
+            .error(),
+        Catch::Contains("direct='maybe'"));
+}

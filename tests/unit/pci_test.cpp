@@ -342,7 +342,13 @@ TEST_CASE("pci: queue setup, activation, and the notify callback", "[virtio]") {
     rig.enable_memory();
     MockDriver driver(rig.ram, 64);
     rig.set_bar<std::uint16_t>(0x16, 0);
-    CHECK(rig.bar<std::uint16_t>(0x18) == 0); // the driver has not set a size yet
+    // Before the driver sets a size, queue_size reads the device's maximum (virtio 1.2, 4.1.4.3): Linux
+    // reads it and refuses a queue of size 0 (virtio_blk's probe failed with -EINVAL when it read 0).
+    CHECK(rig.bar<std::uint16_t>(0x18) == rig.device.max_queue_size());
+    rig.set_bar<std::uint16_t>(0x18, 16);
+    CHECK(rig.bar<std::uint16_t>(0x18) == 16);
+    rig.set_bar<std::uint8_t>(0x14, 0); // reset: the maximum again
+    CHECK(rig.bar<std::uint16_t>(0x18) == rig.device.max_queue_size());
     CHECK(rig.bar<std::uint16_t>(0x1e) == 0); // queue_notify_off
     rig.set_bar<std::uint16_t>(0x16, 1);
     CHECK(rig.bar<std::uint16_t>(0x1e) == 1);

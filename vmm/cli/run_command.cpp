@@ -65,6 +65,11 @@ void add_linux_flags(CLI::App& command, KnobFlags& flags) {
     command.add_option_function<std::string>(
         "--cmdline", [&flags](const std::string& value) { flags.kernel_cmdline = value; },
         fmt::format("the Linux kernel's command line (default \"{}\")", kDefaultKernelCmdline));
+    command
+        .add_option("--disk", flags.disks,
+                    "a virtio-blk disk: path=IMG[,readonly=on][,direct=on][,engine=sync|threads|uring] "
+                    "(repeatable; one PCI function each)")
+        ->allow_extra_args(false);
 }
 
 std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus) {
@@ -104,6 +109,7 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     set("kernel", flags.kernel);
     set("initrd", flags.initrd);
     if (flags.kernel_cmdline) overrides["kernel_cmdline"] = *flags.kernel_cmdline;
+    if (!flags.disks.empty()) overrides["disks"] = flags.disks;
     if (flags.prefault) overrides["prefault"] = true;
     if (flags.no_prefault) overrides["prefault"] = false;
     auto result = apply_json(*config, overrides, host_cpus);
@@ -114,6 +120,7 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
         for (auto& c : message)
             if (c == '_' && &c < message.data() + message.find(':')) c = '-';
         if (message.starts_with("--kernel-cmdline:")) message.replace(0, 16, "--cmdline");
+        if (message.starts_with("--disks:")) message.replace(0, 7, "--disk");
         return std::unexpected(message);
     }
     if (result->boots_linux() && !cpu_model_chosen) result->cpu_model = x86::CpuModel::HostPassthrough;

@@ -25,10 +25,13 @@ struct KnobFlags {
     // given as an empty string.
     std::string kernel, initrd;
     std::optional<std::string> kernel_cmdline;
+    // --disk, repeatable: each "path=IMG[,readonly=on][,direct=on][,engine=...]"; any given replace the
+    // file's list.
+    std::vector<std::string> disks;
 };
 
 void add_knob_flags(CLI::App& command, KnobFlags& flags);
-// --kernel, --initrd and --cmdline.
+// --kernel, --initrd, --cmdline and --disk.
 void add_linux_flags(CLI::App& command, KnobFlags& flags);
 
 // Profile first, then the JSON file, then each flag given. Every error is one line naming the knob.

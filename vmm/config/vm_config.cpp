@@ -126,6 +126,61 @@ std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text)
     return unexpected(fmt::format("'{}' is not a CPU model (host, minimal)", text));
 }
 
+std::expected<DiskConfig, std::string> parse_disk(std::string_view text) {
+    DiskConfig disk;
+    bool has_path = false, seen_readonly = false, seen_direct = false, seen_engine = false;
+    auto on_off = [](std::string_view key, std::string_view value) -> std::expected<bool, std::string> {
+        if (value == "on") return true;
+        if (value == "off") return false;
+        return unexpected(fmt::format("{}='{}' is not on or off", key, value));
+    };
+    for (std::string_view item : split(text, ',')) {
+        auto equals = item.find('=');
+        if (equals == std::string_view::npos)
+            return unexpected(fmt::format("'{}' is not KEY=VALUE (path, readonly, direct, engine)", item));
+        std::string_view key = item.substr(0, equals), value = item.substr(equals + 1);
+        auto once = [&](bool& seen) -> std::expected<void, std::string> {
+            if (seen) return unexpected(fmt::format("{} given twice", key));
+            seen = true;
+            return {};
+        };
+        if (key == "path") {
+            if (auto ok = once(has_path); !ok) return unexpected(ok.error());
+            if (value.empty()) return unexpected("path= is empty; name the image file");
+            disk.path = value;
+        } else if (key == "readonly" || key == "direct") {
+            if (auto ok = once(key == "readonly" ? seen_readonly : seen_direct); !ok)
+                return unexpected(ok.error());
+            auto flag = on_off(key, value);
+            if (!flag) return unexpected(flag.error());
+            (key == "readonly" ? disk.readonly : disk.direct) = *flag;
+        } else if (key == "engine") {
+            if (auto ok = once(seen_engine); !ok) return unexpected(ok.error());
+            if (value == "sync")
+                disk.engine = virtio::IoEngineKind::Sync;
+            else if (value == "threads")
+                disk.engine = virtio::IoEngineKind::Threads;
+            else if (value == "uring" || value == "io_uring")
+                disk.engine = virtio::IoEngineKind::IoUring;
+            else
+                return unexpected(
+                    fmt::format("engine='{}' is not an I/O engine (sync, threads, uring)", value));
+        } else {
+            return unexpected(fmt::format("unknown key '{}' (path, readonly, direct, engine)", key));
+        }
+    }
+    if (!has_path) return unexpected(fmt::format("'{}' has no path=IMG", text));
+    return disk;
+}
+
+std::string to_string(const DiskConfig& disk) {
+    std::string_view engine = disk.engine == virtio::IoEngineKind::Threads   ? "threads"
+                              : disk.engine == virtio::IoEngineKind::IoUring ? "uring"
+                                                                             : "sync";
+    return fmt::format("path={},readonly={},direct={},engine={}", disk.path, disk.readonly ? "on" : "off",
+                       disk.direct ? "on" : "off", engine);
+}
+
 std::string to_string(PageSize size) {
     switch (size) {
     case PageSize::k2M:
@@ -260,6 +315,30 @@ std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann:
             if (text.find('\0') != std::string::npos || text.find('\n') != std::string::npos)
                 return fail("must be one line without NUL bytes");
             config.kernel_cmdline = text;
+        } else if (key == "disks") {
+            // An array of disks, each the --disk text or an object of the same keys.
+            if (!value.is_array()) return fail("must be an array of disks");
+            std::vector<DiskConfig> disks;
+            for (const auto& item : value) {
+                std::string disk_text;
+                if (item.is_string()) {
+                    disk_text = item.get<std::string>();
+                } else if (item.is_object()) {
+                    for (const auto& [disk_key, disk_value] : item.items()) {
+                        std::string field = disk_value.is_string() ? disk_value.get<std::string>()
+                                            : disk_value.is_boolean()
+                                                ? (disk_value.get<bool>() ? "on" : "off")
+                                                : disk_value.dump();
+                        disk_text += (disk_text.empty() ? "" : ",") + disk_key + "=" + field;
+                    }
+                } else {
+                    return fail(fmt::format("'{}' is not a disk (a string or an object)", item.dump()));
+                }
+                auto disk = parse_disk(disk_text);
+                if (!disk) return fail(disk.error());
+                disks.push_back(*disk);
+            }
+            config.disks = std::move(disks);
         } else {
             return unexpected(fmt::format("config: unknown key '{}'", key));
         }
@@ -268,6 +347,13 @@ std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann:
 }
 
 nlohmann::json to_json(const VmConfig& config) {
+    nlohmann::json disks = nlohmann::json::array();
+    for (const auto& disk : config.disks) {
+        auto text = to_string(disk);
+        auto engine = text.substr(text.rfind('=') + 1);
+        disks.push_back(
+            {{"path", disk.path}, {"readonly", disk.readonly}, {"direct", disk.direct}, {"engine", engine}});
+    }
     return {
         {"profile", config.profile},
         {"cpus", config.cpus},
@@ -283,6 +369,7 @@ nlohmann::json to_json(const VmConfig& config) {
         {"kernel", config.kernel},
         {"initrd", config.initrd},
         {"kernel_cmdline", config.kernel_cmdline},
+        {"disks", disks},
     };
 }
 
@@ -316,6 +403,8 @@ std::string describe(const VmConfig& config) {
     if (config.boots_linux())
         guest = fmt::format("kernel {} | initrd {} | cmdline \"{}\"", config.kernel,
                             config.initrd.empty() ? "none" : config.initrd, config.kernel_cmdline);
+    for (const auto& disk : config.disks)
+        guest += fmt::format(" | disk {}", to_string(disk));
     return fmt::format("profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | "
                        "halt-poll {} | disable-exits {} | cpu-model {} | {}",
                        config.profile, config.cpus, config.memory >> 20, to_string(config.backing),

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "arch/x86/cpuid.hpp"
+#include "devices/virtio/io_engine.hpp"
 #include "memory/backing.hpp"
 #include "memory/page_tables.hpp"
 
@@ -37,6 +38,17 @@ struct DisabledExits {
 // platform answers every probe (ACPI tables and devices, i8042, CMOS RTC, PCI config space).
 inline constexpr std::string_view kDefaultKernelCmdline = "console=ttyS0 reboot=acpi panic=-1";
 
+// A virtio-blk disk: an image file (raw), opened read-only or read-write, with O_DIRECT or through the
+// page cache, served by one of the block device's I/O engines. Written on the command line as
+// "path=IMG[,readonly=on][,direct=on][,engine=sync|threads|uring]".
+struct DiskConfig {
+    std::string path;
+    bool readonly = false;
+    bool direct = false;
+    virtio::IoEngineKind engine = virtio::IoEngineKind::Sync;
+    bool operator==(const DiskConfig&) const = default;
+};
+
 struct VmConfig {
     std::string profile = "untuned";
     unsigned cpus = 1;
@@ -55,6 +67,7 @@ struct VmConfig {
     std::string initrd;
     std::string kernel_cmdline{kDefaultKernelCmdline};
     bool boots_linux() const { return !kernel.empty(); }
+    std::vector<DiskConfig> disks; // one virtio-blk PCI function each, in slot order
     bool operator==(const VmConfig&) const = default;
 };
 
@@ -79,11 +92,14 @@ std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_vie
 std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text);             // default off 200000
 std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text);   // none hlt,pause
 std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text);        // host minimal
+// path=IMG[,readonly=on|off][,direct=on|off][,engine=sync|threads|uring]; the path cannot hold a comma.
+std::expected<DiskConfig, std::string> parse_disk(std::string_view text);
 
 std::string to_string(PageSize size);
 std::string to_string(const HaltPoll& halt_poll);
 std::string to_string(const DisabledExits& exits);
 std::string to_string(x86::CpuModel model);
+std::string to_string(const DiskConfig& disk); // the text parse_disk reads back
 
 // The effective configuration, one knob per line, as every run prints it.
 std::string describe(const VmConfig& config);

@@ -153,6 +153,14 @@ void VmFd::set_irq_line(std::uint32_t gsi, bool high) {
     check_syscall(do_ioctl(fd(), KVM_IRQ_LINE, &level), "KVM_IRQ_LINE");
 }
 
+int VmFd::signal_msi(std::uint64_t address, std::uint32_t data) {
+    kvm_msi msi{};
+    msi.address_lo = static_cast<std::uint32_t>(address);
+    msi.address_hi = static_cast<std::uint32_t>(address >> 32);
+    msi.data = data;
+    return check_syscall(do_ioctl(fd(), KVM_SIGNAL_MSI, &msi), "KVM_SIGNAL_MSI");
+}
+
 void VmFd::add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event_fd) {
     kvm_ioeventfd request{};
     request.addr = port;

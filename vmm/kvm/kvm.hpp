@@ -60,6 +60,9 @@ public:
     void create_pit2();
     // Drives a GSI of the in-kernel irqchip to a level (edge devices pulse it).
     void set_irq_line(std::uint32_t gsi, bool high);
+    // Injects one MSI (address, data) into the in-kernel irqchip (KVM_SIGNAL_MSI). Returns KVM's answer:
+    // > 0 delivered, 0 blocked by the guest (e.g. masked in its APIC); throws on failure.
+    int signal_msi(std::uint64_t address, std::uint32_t data);
     // Binds a guest PIO write of `length` bytes at `port` to an eventfd: the write no longer exits to
     // userspace, the kernel signals the eventfd instead.
     void add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event_fd);

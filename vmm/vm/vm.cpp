@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "arch/x86/acpi.hpp"
 #include "arch/x86/cpuid.hpp"
 #include "arch/x86/host_cpu.hpp"
 #include "arch/x86/long_mode.hpp"
@@ -30,6 +31,8 @@
 #include "devices/legacy/port_sink.hpp"
 #include "devices/legacy/serial.hpp"
 #include "devices/legacy/serial_input.hpp"
+#include "devices/virtio/block.hpp"
+#include "devices/virtio/pci_transport.hpp"
 #include "guest/abi/boot_abi.hpp"
 #include "kvm/capabilities.hpp"
 #include "kvm/kvm.hpp"
@@ -235,6 +238,34 @@ std::optional<GuestResult> parse_result_line(std::string_view line) {
     return result;
 }
 
+// MSI-X messages of the virtio devices go straight into the in-kernel irqchip (KVM_SIGNAL_MSI): no
+// routing table to keep in step with the guest's MSI-X table, one ioctl per interrupt.
+class KvmMsiSink final : public virtio::MsiSink {
+public:
+    explicit KvmMsiSink(kvm::VmFd& vm) : vm_(vm) {}
+    void deliver(std::uint16_t, const virtio::MsiMessage& message) override {
+        vm_.signal_msi(message.address, message.data);
+    }
+
+private:
+    kvm::VmFd& vm_;
+};
+
+// The virtio PCI functions: BAR0 of disk i at kVirtioBarBase + i * kBarSize (in the 32-bit PCI hole,
+// above the tiny guest's bench MMIO page at 0xD0000000 and far below the IO-APIC at 0xFEC00000), INTx on
+// GSI kVirtioIntxGsiBase + i (IO-APIC pins 16-23, one each: KVM_IRQ_LINE levels of one source cannot be
+// shared). Linux uses MSI-X; INTx is for drivers that do not.
+constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
+constexpr std::uint32_t kVirtioIntxGsiBase = 16;
+constexpr std::size_t kMaxDisks = 8;
+
+struct VirtioDisk {
+    std::unique_ptr<virtio::VirtioBlk> blk;
+    std::unique_ptr<InterruptLine> intx;
+    std::unique_ptr<virtio::VirtioPciTransport> transport; // last: destroyed first
+    unsigned slot = 0;
+};
+
 struct Vm::State {
     VmConfig config;
     kvm::KvmSystem system;
@@ -262,7 +293,9 @@ struct Vm::State {
     devices::CmosRtc rtc;
     devices::PortSink post_port{"post-port"};
     devices::PortSink absent_ports{"absent"};
-    devices::PciHost pci; // configuration mechanism #1: the host bridge at 00:00.0, virtio devices later
+    devices::PciHost pci; // configuration mechanism #1: the host bridge at 00:00.0 and the virtio functions
+    KvmMsiSink msi{vm};
+    std::vector<VirtioDisk> disks;
     std::optional<std::string> kernel_panic; // the console line, once seen (guarded by output_mutex)
     UniqueFd bench_eventfd;
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
@@ -338,6 +371,7 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
         insert(s.pio, PioAddress{range.port}, range.size, s.absent_ports);
     insert(s.pio, PioAddress{x86::acpi::kSleepControlPort}, devices::AcpiPower::kRegisterCount, s.acpi_power);
     insert(s.pio, PioAddress{devices::PciHost::kBasePort}, devices::PciHost::kPortCount, s.pci);
+    attach_disks(s);
     std::uint32_t flags = 0;
     if (s.system.check_extension(KVM_CAP_IOEVENTFD) > 0) {
         s.bench_eventfd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -385,6 +419,42 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     });
     s.setup_done_us = microseconds_since_process_start();
     spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
+}
+
+// One virtio-blk PCI function per configured disk, in order: the image opened, BAR0 on the MMIO bus, the
+// function at the next free slot of the host bridge. Queue notifications are MMIO writes that exit to
+// userspace (no ioeventfd yet).
+void Vm::attach_disks(State& s) {
+    if (s.config.disks.size() > kMaxDisks)
+        throw SystemError(fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxDisks),
+                          EINVAL);
+    for (std::size_t i = 0; i < s.config.disks.size(); ++i) {
+        const auto& disk = s.config.disks[i];
+        auto blk = virtio::VirtioBlk::open({.path = disk.path,
+                                            .read_only = disk.readonly,
+                                            .direct = disk.direct,
+                                            .engine = disk.engine,
+                                            .serial = fmt::format("vmmlab-disk{}", i)});
+        if (!blk) throw SystemError(fmt::format("disk {}: {}", disk.path, blk.error()), EINVAL);
+        const std::uint64_t bar = kVirtioBarBase + i * virtio::VirtioPciTransport::kBarSize;
+        const auto gsi = static_cast<std::uint32_t>(kVirtioIntxGsiBase + i);
+        VirtioDisk attached;
+        attached.blk = std::move(*blk);
+        attached.intx = std::make_unique<KvmIrqLine>(s.vm, gsi);
+        attached.transport = std::make_unique<virtio::VirtioPciTransport>(
+            fmt::format("virtio-blk{}", i), *attached.blk, s.memory, s.msi, *attached.intx, bar,
+            static_cast<std::uint8_t>(gsi));
+        attached.slot = s.pci.free_slot();
+        if (!s.pci.attach(attached.slot, *attached.transport))
+            throw SystemError(fmt::format("disk {}: no free PCI slot", disk.path), ENOSPC);
+        if (auto inserted =
+                s.mmio.insert(MmioAddress{bar}, virtio::VirtioPciTransport::kBarSize, *attached.transport);
+            !inserted)
+            throw SystemError(inserted.error(), EEXIST);
+        spdlog::info("disk {}: virtio-blk at 00:{:02x}.0, BAR0 {:#x}, INTx GSI {}{}", disk.path,
+                     attached.slot, bar, gsi, disk.readonly ? ", read-only" : "");
+        s.disks.push_back(std::move(attached));
+    }
 }
 
 void Vm::start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,

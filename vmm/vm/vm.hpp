@@ -120,6 +120,8 @@ private:
                                       std::optional<KvmExitTracepoint>& tracepoint, RunReport& report);
     static void start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,
                                  bool guest_avx);
+    // One virtio-blk PCI function per configured disk (see vm.cpp for the addresses and GSIs).
+    static void attach_disks(State& s);
     std::unique_ptr<State> state_;
 };
 

@@ -278,6 +278,64 @@ std::vector<std::byte> device_aml(const LegacyDevice& device) {
     append_package(out, body);
     return out;
 }
+void append_u16(std::vector<std::byte>& out, std::uint32_t value) {
+    append(out, {static_cast<std::uint8_t>(value), static_cast<std::uint8_t>(value >> 8)});
+}
+void append_u32(std::vector<std::byte>& out, std::uint32_t value) {
+    append_u16(out, value);
+    append_u16(out, value >> 16);
+}
+
+// Device (PCI0): _HID PNP0A08, _CID PNP0A03, _UID 0, _BBN 0, and a _CRS of the bus range 0-0 (a word
+// bus-number descriptor, producer), the 0xCF8-0xCFF configuration ports (consumed), and the memory
+// window (a dword memory descriptor, producer, fixed, read-write, non-cacheable).
+std::vector<std::byte> pci_root_bridge_aml(const AcpiConfig& config) {
+    std::vector<std::byte> body;
+    append_name(body, "PCI0");
+    auto name_dword = [&](std::string_view name, std::uint32_t value) {
+        append(body, {kAmlNameOp});
+        append_name(body, name);
+        append(body, {kAmlDwordPrefix});
+        append_u32(body, value);
+    };
+    name_dword("_HID", eisa_id("PNP0A08"));
+    name_dword("_CID", eisa_id("PNP0A03"));
+    name_dword("_UID", 0);
+    name_dword("_BBN", 0);
+
+    std::vector<std::byte> resources;
+    // Word Address Space Descriptor (6.4.3.5.3): type 0x88, length 13; resource type 2 (bus numbers),
+    // general flags MinFixed|MaxFixed (producer), granularity, min, max, translation, length.
+    append(resources, {0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00});
+    append_u16(resources, 0);
+    append_u16(resources, 0);
+    append_u16(resources, 0);
+    append_u16(resources, 0);
+    append_u16(resources, 1);
+    append(resources, {kIoDescriptor, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08});
+    // DWord Address Space Descriptor (6.4.3.5.2): type 0x87, length 23; resource type 0 (memory),
+    // MinFixed|MaxFixed, type-specific: read-write, non-cacheable.
+    append(resources, {0x87, 0x17, 0x00, 0x00, 0x0c, 0x01});
+    append_u32(resources, 0);
+    append_u32(resources, config.pci_mmio_base);
+    append_u32(resources, config.pci_mmio_base + config.pci_mmio_size - 1);
+    append_u32(resources, 0);
+    append_u32(resources, config.pci_mmio_size);
+    append(resources, {kEndTag, 0x00});
+
+    std::vector<std::byte> buffer;
+    append(buffer, {kAmlBytePrefix, static_cast<std::uint8_t>(resources.size())});
+    append(buffer, resources);
+    append(body, {kAmlNameOp});
+    append_name(body, "_CRS");
+    append(body, {kAmlBufferOp});
+    append_package(body, buffer);
+
+    std::vector<std::byte> out;
+    append(out, {kAmlExtOpPrefix, kAmlDeviceOp});
+    append_package(out, body);
+    return out;
+}
 } // namespace
 
 std::vector<std::byte> legacy_devices_aml(const AcpiConfig& config) {
@@ -285,13 +343,14 @@ std::vector<std::byte> legacy_devices_aml(const AcpiConfig& config) {
     if (config.serial) devices.push_back({"COM1", "PNP0501", {{config.serial_port, 8}}, config.serial_irq});
     if (config.i8042) devices.push_back({"PS2K", "PNP0303", {{0x60, 1}, {0x64, 1}}, 1});
     if (config.cmos_rtc) devices.push_back({"RTC_", "PNP0B00", {{0x70, 2}}, 8});
-    if (devices.empty()) return {};
+    if (devices.empty() && !config.pci_root_bridge) return {};
 
     std::vector<std::byte> scope;
     append(scope, {kAmlRootChar});
     append_name(scope, "_SB_");
     for (const auto& device : devices)
         append(scope, device_aml(device));
+    if (config.pci_root_bridge) append(scope, pci_root_bridge_aml(config));
     std::vector<std::byte> out;
     append(out, {kAmlScopeOp});
     append_package(out, scope);

@@ -83,6 +83,10 @@ inline constexpr std::uint16_t kBootArchVgaNotPresent = 1U << 2;
 inline constexpr std::uint16_t kBootArchCmosRtcNotPresent = 1U << 5;
 inline constexpr std::uint32_t kMadtPcatCompat = 1U << 0;
 
+// The PCI memory window of the root bridge: where vmmlab puts BARs (vm/vm.cpp), in the 32-bit hole.
+inline constexpr std::uint32_t kPciMmioBase = 0xe0000000;
+inline constexpr std::uint32_t kPciMmioSize = 0x10000000;
+
 struct AcpiConfig {
     unsigned vcpus = 1; // one enabled processor entry each, APIC ID = vCPU index (as arch/x86/cpuid sets)
     std::uint16_t sleep_control_port = kSleepControlPort;
@@ -105,6 +109,12 @@ struct AcpiConfig {
     std::uint16_t serial_port = 0x3f8;
     std::uint8_t serial_irq = 4;
     std::uint8_t century_register = kCmosCenturyRegister; // FADT CENTURY: CMOS index of the century
+    // The PCI root bridge PCI0 (PNP0A08, compatible PNP0A03): bus 0 only, configuration mechanism #1 at
+    // 0xCF8 (no MCFG), and one 32-bit memory window for the BARs. Without it a hardware-reduced platform
+    // has no PCI bus: Linux enumerates PCI from ACPI root bridges alone.
+    bool pci_root_bridge = true;
+    std::uint32_t pci_mmio_base = kPciMmioBase;
+    std::uint32_t pci_mmio_size = kPciMmioSize;
 };
 
 // Where each table landed (guest-physical) and how long it is.

@@ -218,11 +218,7 @@ std::expected<void, std::string> VirtioBlk::activate(Activation activation) {
 
 void VirtioBlk::reset() {
     std::unique_lock lock(mutex_);
-    // Requests in flight own guest buffers: let them finish first.
-    if (completion_thread_.joinable())
-        idle_.wait(lock, [this] { return in_flight_ == 0; });
-    else
-        reap_locked();
+    wait_idle_locked(lock); // requests in flight own guest buffers: let them finish first
     queues_.clear();
     queue_broken_.clear();
     signals_ = nullptr;
@@ -231,6 +227,10 @@ void VirtioBlk::reset() {
 
 void VirtioBlk::wait_idle() {
     std::unique_lock lock(mutex_);
+    wait_idle_locked(lock);
+}
+
+void VirtioBlk::wait_idle_locked(std::unique_lock<std::mutex>& lock) {
     if (completion_thread_.joinable())
         idle_.wait(lock, [this] { return in_flight_ == 0; });
     else

@@ -163,6 +163,8 @@ private:
     void start_request_locked(std::uint16_t queue, const DescriptorChain& chain);
     void submit_locked(Request& request, IoOp op, std::uint64_t offset, std::uint64_t length);
     void reap_locked();
+    // Waits until no request is in flight (the completion thread finishes them) or reaps them here.
+    void wait_idle_locked(std::unique_lock<std::mutex>& lock);
     void complete_locked(Request& request);
     void finish_locked(std::uint16_t queue, std::uint16_t head, std::uint32_t written);
     void completion_loop();

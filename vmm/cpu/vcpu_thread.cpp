@@ -152,17 +152,18 @@ void VcpuThread::loop(ExitContext context, RunControl& control) {
             return;
         }
     }
+    const bool tracing = stats_ || ring_; // fixed for the run: decided once, not per exit
     try {
         while (!control.stopping()) {
             if (vcpu_.run() == kvm::VcpuFd::RunResult::Interrupted) {
                 vcpu_.shared_run().immediate_exit = 0;
                 continue;
             }
-            const std::uint64_t exit_ns = (stats_ || ring_) ? now_ns() : 0;
+            const std::uint64_t exit_ns = tracing ? now_ns() : 0;
             const VcpuExit exit = decode(vcpu_.run_area());
             ++counts_.by_kind[exit.index()];
             const ExitAction action = handle_exit(exit, context);
-            if (stats_ || ring_) [[unlikely]]
+            if (tracing) [[unlikely]]
                 account(exit, exit_ns);
             switch (action) {
             case ExitAction::Resume:

@@ -3,7 +3,6 @@
 #include <charconv>
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <mutex>
 #include <thread>
 
@@ -128,38 +127,44 @@ public:
             KvmStats{vm_->layout(), kvm_stats_difference(vm_->layout(), vm_start_, vm_->snapshot())};
         if (vcpus_.empty()) return;
         const auto& layout = vcpus_.front().layout();
-        KvmStatsSnapshot sum = kvm_stats_difference(layout, vcpu_start_[0], vcpus_[0].snapshot());
-        for (std::size_t i = 1; i < vcpus_.size(); ++i) {
-            const auto difference = kvm_stats_difference(layout, vcpu_start_[i], vcpus_[i].snapshot());
-            for (std::size_t stat = 0; stat < sum.values.size() && stat < difference.values.size(); ++stat)
-                for (std::size_t k = 0; k < sum.values[stat].size() && k < difference.values[stat].size();
-                     ++k)
-                    sum.values[stat][k] += difference.values[stat][k];
-        }
-        report.kernel_vcpu_stats = KvmStats{layout, std::move(sum)};
+        last_ = vcpu_start_; // the whole run, whatever the interval lines have read since
+        report.kernel_vcpu_stats = KvmStats{layout, vcpu_difference_since_last()};
     }
 
     // "exits +N io_exits +N ..." for the vCPUs since the previous call (or the start).
     std::string interval_line() {
         if (vcpus_.empty()) return "KVM stats unavailable";
         const auto& layout = vcpus_.front().layout();
-        if (last_.empty()) last_ = vcpu_start_;
-        std::map<std::string_view, std::uint64_t> delta;
-        for (std::size_t i = 0; i < vcpus_.size(); ++i) {
-            auto now = vcpus_[i].snapshot();
-            const auto difference = kvm_stats_difference(layout, last_[i], now);
-            for (auto name : interesting_kvm_stats())
-                if (auto value = kvm_stat_value(layout, difference, name)) delta[name] += *value;
-            last_[i] = std::move(now);
-        }
+        const KvmStatsSnapshot delta = vcpu_difference_since_last();
         std::string line;
         for (auto name : interesting_kvm_stats())
-            if (auto found = delta.find(name); found != delta.end() && found->second > 0)
-                line += fmt::format("{}{} +{}", line.empty() ? "" : ", ", name, found->second);
+            if (auto value = kvm_stat_value(layout, delta, name); value && *value > 0)
+                line += fmt::format("{}{} +{}", line.empty() ? "" : ", ", name, *value);
         return line.empty() ? "no exits" : line;
     }
 
 private:
+    // Every vCPU's stats now minus at the previous call (the start for the first), summed over vCPUs.
+    KvmStatsSnapshot vcpu_difference_since_last() {
+        const auto& layout = vcpus_.front().layout();
+        if (last_.empty()) last_ = vcpu_start_;
+        KvmStatsSnapshot sum;
+        for (std::size_t i = 0; i < vcpus_.size(); ++i) {
+            auto now = vcpus_[i].snapshot();
+            const auto difference = kvm_stats_difference(layout, last_[i], now);
+            last_[i] = std::move(now);
+            if (i == 0) {
+                sum = difference;
+                continue;
+            }
+            for (std::size_t stat = 0; stat < sum.values.size() && stat < difference.values.size(); ++stat)
+                for (std::size_t k = 0; k < sum.values[stat].size() && k < difference.values[stat].size();
+                     ++k)
+                    sum.values[stat][k] += difference.values[stat][k];
+        }
+        return sum;
+    }
+
     std::vector<KvmStatsSnapshot> last_;
     std::optional<KvmStatsReader> vm_;
     KvmStatsSnapshot vm_start_;

@@ -235,6 +235,24 @@ std::uint32_t eisa_id(std::string_view id) {
     return (vendor >> 8) | (vendor & 0xff) << 8 | (product >> 8) << 16 | (product & 0xff) << 24;
 }
 
+// Ends a Device(): `body` (its name and objects) gets Name(_CRS, Buffer(){resources}), then the whole is
+// wrapped in the DeviceOp package.
+std::vector<std::byte> device_with_resources(std::vector<std::byte> body,
+                                             const std::vector<std::byte>& resources) {
+    std::vector<std::byte> buffer;
+    append(buffer, {kAmlBytePrefix, static_cast<std::uint8_t>(resources.size())});
+    append(buffer, resources);
+    append(body, {kAmlNameOp});
+    append_name(body, "_CRS");
+    append(body, {kAmlBufferOp});
+    append_package(body, buffer);
+
+    std::vector<std::byte> out;
+    append(out, {kAmlExtOpPrefix, kAmlDeviceOp});
+    append_package(out, body);
+    return out;
+}
+
 struct LegacyDevice {
     std::string_view name;                                     // four characters
     std::string_view hid;                                      // PNP ID
@@ -265,18 +283,7 @@ std::vector<std::byte> device_aml(const LegacyDevice& device) {
            {kIrqDescriptor, static_cast<std::uint8_t>(mask), static_cast<std::uint8_t>(mask >> 8)});
     append(resources, {kEndTag, 0x00}); // checksum 0: "treated as if it had succeeded"
 
-    std::vector<std::byte> buffer;
-    append(buffer, {kAmlBytePrefix, static_cast<std::uint8_t>(resources.size())});
-    append(buffer, resources);
-    append(body, {kAmlNameOp});
-    append_name(body, "_CRS");
-    append(body, {kAmlBufferOp});
-    append_package(body, buffer);
-
-    std::vector<std::byte> out;
-    append(out, {kAmlExtOpPrefix, kAmlDeviceOp});
-    append_package(out, body);
-    return out;
+    return device_with_resources(std::move(body), resources);
 }
 void append_u16(std::vector<std::byte>& out, std::uint32_t value) {
     append(out, {static_cast<std::uint8_t>(value), static_cast<std::uint8_t>(value >> 8)});
@@ -323,18 +330,7 @@ std::vector<std::byte> pci_root_bridge_aml(const AcpiConfig& config) {
     append_u32(resources, config.pci_mmio_size);
     append(resources, {kEndTag, 0x00});
 
-    std::vector<std::byte> buffer;
-    append(buffer, {kAmlBytePrefix, static_cast<std::uint8_t>(resources.size())});
-    append(buffer, resources);
-    append(body, {kAmlNameOp});
-    append_name(body, "_CRS");
-    append(body, {kAmlBufferOp});
-    append_package(body, buffer);
-
-    std::vector<std::byte> out;
-    append(out, {kAmlExtOpPrefix, kAmlDeviceOp});
-    append_package(out, body);
-    return out;
+    return device_with_resources(std::move(body), resources);
 }
 } // namespace
 

@@ -480,6 +480,9 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
 
 // One virtio-blk PCI function per configured disk, in order (see attach_virtio_device).
 void Vm::attach_disks(State& s) {
+    if (s.config.disks.size() > kMaxVirtioDevices)
+        throw SystemError(
+            fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxVirtioDevices), EINVAL);
     for (std::size_t i = 0; i < s.config.disks.size(); ++i) {
         const auto& disk = s.config.disks[i];
         auto blk = virtio::VirtioBlk::open({.path = disk.path,

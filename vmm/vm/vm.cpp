@@ -31,7 +31,9 @@
 #include "devices/legacy/serial.hpp"
 #include "devices/legacy/serial_input.hpp"
 #include "devices/virtio/block.hpp"
+#include "devices/virtio/net.hpp"
 #include "devices/virtio/pci_transport.hpp"
+#include "devices/virtio/tap.hpp"
 #include "guest/abi/boot_abi.hpp"
 #include "kvm/capabilities.hpp"
 #include "kvm/kvm.hpp"
@@ -256,16 +258,16 @@ private:
     kvm::VmFd& vm_;
 };
 
-// The virtio PCI functions: BAR0 of disk i at kVirtioBarBase + i * kBarSize (in the 32-bit PCI hole,
-// above the tiny guest's bench MMIO page at 0xD0000000 and far below the IO-APIC at 0xFEC00000), INTx on
-// GSI kVirtioIntxGsiBase + i (IO-APIC pins 16-23, one each: KVM_IRQ_LINE levels of one source cannot be
-// shared). Linux uses MSI-X; INTx is for drivers that do not.
+// The virtio PCI functions (CONTRACT.md section 1): virtio device k (all disks first, then all nets, in
+// configuration order) at slot k + 1 (00:0k+1.0), BAR0 at kVirtioBarBase + k * kBarSize (in the 32-bit PCI
+// hole, above the tiny guest's bench MMIO page at 0xD0000000 and far below the IO-APIC at 0xFEC00000),
+// INTx on GSI kVirtioIntxGsiBase + k (IO-APIC pins 16-23, one each: KVM_IRQ_LINE levels of one source
+// cannot be shared). Linux uses MSI-X; INTx is for drivers that do not.
 constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
 constexpr std::uint32_t kVirtioIntxGsiBase = 16;
-constexpr std::size_t kMaxDisks = 8;
 
-struct VirtioDisk {
-    std::unique_ptr<virtio::VirtioBlk> blk;
+struct VirtioFunction {
+    std::unique_ptr<virtio::VirtioDevice> device;
     std::unique_ptr<InterruptLine> intx;
     std::unique_ptr<virtio::VirtioPciTransport> transport; // last: destroyed first
     unsigned slot = 0;
@@ -300,8 +302,8 @@ struct Vm::State {
     devices::PortSink absent_ports{"absent"};
     devices::PciHost pci; // configuration mechanism #1: the host bridge at 00:00.0 and the virtio functions
     KvmMsiSink msi{vm};
-    std::vector<VirtioDisk> disks;
-    std::optional<std::string> kernel_panic; // the console line, once seen (guarded by output_mutex)
+    std::vector<VirtioFunction> virtio_devices; // disks, then nets
+    std::optional<std::string> kernel_panic;    // the console line, once seen (guarded by output_mutex)
     UniqueFd bench_eventfd;
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
     double setup_done_us = 0;
@@ -377,6 +379,7 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     insert(s.pio, PioAddress{x86::acpi::kSleepControlPort}, devices::AcpiPower::kRegisterCount, s.acpi_power);
     insert(s.pio, PioAddress{devices::PciHost::kBasePort}, devices::PciHost::kPortCount, s.pci);
     attach_disks(s);
+    attach_nets(s);
     std::uint32_t flags = 0;
     if (s.system.check_extension(KVM_CAP_IOEVENTFD) > 0) {
         s.bench_eventfd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -426,13 +429,36 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
 }
 
-// One virtio-blk PCI function per configured disk, in order: the image opened, BAR0 on the MMIO bus, the
-// function at the next free slot of the host bridge. Queue notifications are MMIO writes that exit to
-// userspace (no ioeventfd yet).
+// Virtio device k = s.virtio_devices.size(): BAR0 on the MMIO bus and the function at slot k + 1 of the host
+// bridge (see kVirtioBarBase). Queue notifications are MMIO writes that exit to userspace (no ioeventfd yet).
+virtio::VirtioPciTransport& Vm::attach_virtio_device(State& s, std::unique_ptr<virtio::VirtioDevice> device,
+                                                     const std::string& label) {
+    const std::size_t k = s.virtio_devices.size();
+    if (k >= kMaxVirtioDevices)
+        throw SystemError(
+            fmt::format("{}: at most {} virtio devices (disks and nets)", label, kMaxVirtioDevices), ENOSPC);
+    const std::uint64_t bar = kVirtioBarBase + k * virtio::VirtioPciTransport::kBarSize;
+    const auto gsi = static_cast<std::uint32_t>(kVirtioIntxGsiBase + k);
+    VirtioFunction attached;
+    attached.device = std::move(device);
+    attached.intx = std::make_unique<KvmIrqLine>(s.vm, gsi);
+    attached.transport = std::make_unique<virtio::VirtioPciTransport>(
+        label, *attached.device, s.memory, s.msi, *attached.intx, bar, static_cast<std::uint8_t>(gsi));
+    attached.slot = static_cast<unsigned>(k + 1);
+    if (!s.pci.attach(attached.slot, *attached.transport))
+        throw SystemError(fmt::format("{}: PCI slot {} is taken", label, attached.slot), EEXIST);
+    if (auto inserted =
+            s.mmio.insert(MmioAddress{bar}, virtio::VirtioPciTransport::kBarSize, *attached.transport);
+        !inserted)
+        throw SystemError(inserted.error(), EEXIST);
+    spdlog::info("{}: {} at 00:{:02x}.0, BAR0 {:#x}, INTx GSI {}", label, attached.device->name(),
+                 attached.slot, bar, gsi);
+    s.virtio_devices.push_back(std::move(attached));
+    return *s.virtio_devices.back().transport;
+}
+
+// One virtio-blk PCI function per configured disk, in order.
 void Vm::attach_disks(State& s) {
-    if (s.config.disks.size() > kMaxDisks)
-        throw SystemError(fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxDisks),
-                          EINVAL);
     for (std::size_t i = 0; i < s.config.disks.size(); ++i) {
         const auto& disk = s.config.disks[i];
         auto blk = virtio::VirtioBlk::open({.path = disk.path,
@@ -441,24 +467,25 @@ void Vm::attach_disks(State& s) {
                                             .engine = disk.engine,
                                             .serial = fmt::format("vmmlab-disk{}", i)});
         if (!blk) throw SystemError(fmt::format("disk {}: {}", disk.path, blk.error()), EINVAL);
-        const std::uint64_t bar = kVirtioBarBase + i * virtio::VirtioPciTransport::kBarSize;
-        const auto gsi = static_cast<std::uint32_t>(kVirtioIntxGsiBase + i);
-        VirtioDisk attached;
-        attached.blk = std::move(*blk);
-        attached.intx = std::make_unique<KvmIrqLine>(s.vm, gsi);
-        attached.transport = std::make_unique<virtio::VirtioPciTransport>(
-            fmt::format("virtio-blk{}", i), *attached.blk, s.memory, s.msi, *attached.intx, bar,
-            static_cast<std::uint8_t>(gsi));
-        attached.slot = s.pci.free_slot();
-        if (!s.pci.attach(attached.slot, *attached.transport))
-            throw SystemError(fmt::format("disk {}: no free PCI slot", disk.path), ENOSPC);
-        if (auto inserted =
-                s.mmio.insert(MmioAddress{bar}, virtio::VirtioPciTransport::kBarSize, *attached.transport);
-            !inserted)
-            throw SystemError(inserted.error(), EEXIST);
-        spdlog::info("disk {}: virtio-blk at 00:{:02x}.0, BAR0 {:#x}, INTx GSI {}{}", disk.path,
-                     attached.slot, bar, gsi, disk.readonly ? ", read-only" : "");
-        s.disks.push_back(std::move(attached));
+        attach_virtio_device(s, std::move(*blk),
+                             fmt::format("virtio-blk{}{}", i, disk.readonly ? " (read-only)" : ""));
+    }
+}
+
+// One virtio-net PCI function per configured net, after the disks: a tap opened (or created) and served
+// by the userspace backend. vhost=on is refused until the vhost-net backend exists.
+void Vm::attach_nets(State& s) {
+    for (std::size_t i = 0; i < s.config.nets.size(); ++i) {
+        const auto& net = s.config.nets[i];
+        if (net.vhost)
+            throw DeviceSetupError(fmt::format("net {}: vhost=on is not supported yet (use vhost=off)", i));
+        auto tap = virtio::Tap::open({.name = net.tap});
+        if (!tap) throw DeviceSetupError(tap.error());
+        const std::string interface = (*tap)->interface_name();
+        const auto mac = net.mac.value_or(default_mac(i));
+        auto device = std::make_unique<virtio::VirtioNet>(std::move(*tap), virtio::NetOptions{.mac = mac});
+        attach_virtio_device(s, std::move(device), fmt::format("virtio-net{}", i));
+        spdlog::info("net {}: tap {}, mac {}", i, interface, virtio::net::to_string(mac));
     }
 }
 

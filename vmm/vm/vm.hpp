@@ -99,6 +99,18 @@ struct ConsoleOptions {
     bool escape = false;
 };
 
+// A device named in the configuration could not be set up (a tap without CAP_NET_ADMIN, vhost-net
+// missing): the message is one line naming the device and the cause.
+class DeviceSetupError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace virtio {
+class VirtioDevice;
+class VirtioPciTransport;
+} // namespace virtio
+
 class Vm {
 public:
     // `guest_image` is the tiny guest's ELF; a Linux guest (config.kernel set) does not use it. Throws
@@ -120,8 +132,13 @@ private:
                                       std::optional<KvmExitTracepoint>& tracepoint, RunReport& report);
     static void start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,
                                  bool guest_avx);
-    // One virtio-blk PCI function per configured disk (see vm.cpp for the addresses and GSIs).
+    // Virtio device k (disks first, then nets) at PCI slot k + 1, BAR0 kVirtioBarBase + k * kBarSize, INTx
+    // GSI 16 + k (vm.cpp); at most kMaxVirtioDevices. `label` names it in messages ("virtio-net0").
+    static virtio::VirtioPciTransport&
+    attach_virtio_device(State& s, std::unique_ptr<virtio::VirtioDevice> device, const std::string& label);
+    // One virtio-blk PCI function per configured disk, then one virtio-net function per net.
     static void attach_disks(State& s);
+    static void attach_nets(State& s);
     std::unique_ptr<State> state_;
 };
 

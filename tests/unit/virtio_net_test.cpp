@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include "cli/run_command.hpp"
 #include "config/vm_config.hpp"
 #include "devices/virtio/net.hpp"
 #include "devices/virtio/tap.hpp"
@@ -599,4 +600,27 @@ TEST_CASE("virtio-net: nets in JSON, to_json, describe and validation", "[virtio
     VmConfig two_created;
     two_created.nets.resize(2);
     CHECK(validate(two_created, true));
+}
+
+TEST_CASE("cli: --net is repeatable and its errors are one line naming --net", "[virtio-net][cli]") {
+    cli::KnobFlags flags;
+    flags.nets = {"tap=tap0", "mac=52:54:00:00:00:01,vhost=on"};
+    auto config = cli::build_config(flags, 2);
+    REQUIRE(config.has_value());
+    REQUIRE(config->nets.size() == 2);
+    CHECK(config->nets[0].tap == "tap0");
+    CHECK(config->nets[1].tap.empty());
+    CHECK(config->nets[1].vhost);
+
+    flags.nets = {"tap=a,vhost=maybe"};
+    auto bad = cli::build_config(flags, 2);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error() == "--net: vhost='maybe' is not on or off");
+
+    CLI::App app;
+    cli::KnobFlags parsed;
+    cli::add_linux_flags(app, parsed);
+    // CLI::App::parse(vector) takes the arguments last first, as the --disk test does.
+    app.parse(std::vector<std::string>{"tap=b", "--net", "tap=a", "--net"});
+    CHECK(parsed.nets == std::vector<std::string>{"tap=a", "tap=b"});
 }

@@ -106,9 +106,10 @@ void drain(int eventfd) {
 }
 } // namespace
 
-VirtioNet::VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& options)
+VirtioNet::VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& options,
+                     std::unique_ptr<VhostNet> vhost)
     : options_(options), name_(fmt::format("virtio-net {}", backend->name())), backend_(std::move(backend)),
-      rx_frame_(net::kMaxFrameBytes) {
+      rx_frame_(net::kMaxFrameBytes), vhost_mode_(vhost != nullptr), vhost_(std::move(vhost)) {
     if (options_.queue_size == 0 || options_.queue_size > kMaxQueueSize ||
         (options_.queue_size & (options_.queue_size - 1)) != 0)
         throw SystemError(name_ + ": queue size must be a power of two <= 32768", EINVAL);
@@ -121,6 +122,14 @@ VirtioNet::VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& opti
           kFeatureMergeableRxBuffers, kFeatureCsum, kFeatureHostTso4, kFeatureHostTso6, kFeatureHostEcn,
           kFeatureGuestCsum, kFeatureGuestTso4, kFeatureGuestTso6, kFeatureGuestEcn})
         features_ |= 1ULL << bit;
+    if (vhost_mode_) {
+        // Ring and buffer features are the kernel's to handle: offer only those it has.
+        for (unsigned bit :
+             {kFeatureVersion1, kFeatureRingIndirectDesc, kFeatureRingEventIdx, kFeatureMergeableRxBuffers})
+            if (!has(vhost_->features(), bit)) features_ &= ~(1ULL << bit);
+        if (!has(features_, kFeatureVersion1))
+            throw SystemError(name_ + ": the kernel's vhost-net lacks VIRTIO_F_VERSION_1", ENOTSUP);
+    }
     rx_held_.reserve(options_.queue_size);
     tx_pieces_.reserve(kMaxWritePieces + 1);
 
@@ -131,6 +140,11 @@ VirtioNet::VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& opti
     stop_ = make_eventfd();
     rx_kick_ = make_eventfd();
     tx_more_ = make_eventfd();
+    if (vhost_mode_)
+        for (unsigned queue = 0; queue < 2; ++queue) {
+            own_kicks_[queue] = make_eventfd();
+            own_calls_[queue] = make_eventfd();
+        }
     io_thread_ = std::thread([this] { io_loop(); });
 }
 
@@ -170,6 +184,7 @@ std::expected<void, std::string> VirtioNet::activate(Activation activation) {
         return std::unexpected(name_ + ": the driver did not enable the receive and transmit queues");
     if (auto offloads = backend_->set_guest_offloads(activation.features); !offloads)
         return std::unexpected(offloads.error());
+    if (vhost_mode_) return activate_vhost_locked(activation);
     rx_queue_ = std::move(activation.queues[net::kReceiveQueue]);
     tx_queue_ = std::move(activation.queues[net::kTransmitQueue]);
     rx_broken_ = tx_broken_ = false;
@@ -182,9 +197,48 @@ std::expected<void, std::string> VirtioNet::activate(Activation activation) {
     return {};
 }
 
+std::expected<void, std::string> VirtioNet::activate_vhost_locked(Activation& activation) {
+    int kicks[2], calls[2];
+    for (unsigned queue = 0; queue < 2; ++queue) {
+        auto given = [queue](const std::vector<int>& fds) { return queue < fds.size() ? fds[queue] : -1; };
+        kicks[queue] = given(activation.kick_fds) >= 0 ? given(activation.kick_fds) : own_kicks_[queue].get();
+        calls[queue] = given(activation.call_fds) >= 0 ? given(activation.call_fds) : own_calls_[queue].get();
+        vhost_kicks_[queue] = kicks[queue];
+    }
+    if (!vhost_) { // after a reset: a fresh descriptor
+        auto opened = VhostNet::open();
+        if (!opened) return std::unexpected(opened.error());
+        vhost_ = std::move(*opened);
+    }
+    rx_queue_ = std::move(activation.queues[net::kReceiveQueue]);
+    tx_queue_ = std::move(activation.queues[net::kTransmitQueue]);
+    const Virtqueue queues[2] = {rx_queue_, tx_queue_};
+    if (auto started =
+            vhost_->start(activation.memory, activation.features, queues, kicks, calls, backend_->fd());
+        !started) {
+        vhost_.reset();
+        rx_queue_ = tx_queue_ = Virtqueue{};
+        return std::unexpected(name_ + ": " + started.error());
+    }
+    rx_features_ = tx_features_ = activation.features;
+    rx_signals_ = tx_signals_ = &activation.signals;
+    // Buffers the driver added before DRIVER_OK raised no kick: let the kernel look at both rings now.
+    for (int kick : kicks)
+        wake(kick);
+    return {};
+}
+
 void VirtioNet::reset() {
     std::lock_guard tx_lock(tx_mutex_);
     std::lock_guard rx_lock(rx_mutex_);
+    if (vhost_mode_) {
+        vhost_.reset(); // closing the descriptor stops the kernel's worker and waits for it
+        for (auto& fd : own_calls_)
+            drain(fd.get());
+        for (auto& fd : own_kicks_)
+            drain(fd.get());
+        vhost_kicks_[0] = vhost_kicks_[1] = -1;
+    }
     if (rx_length_ != 0) ++rx_stats_.rx_dropped; // the frame in hand goes, as a NIC's FIFO does at reset
     rx_length_ = rx_placed_ = 0;
     rx_held_.clear();
@@ -199,6 +253,11 @@ void VirtioNet::reset() {
 }
 
 void VirtioNet::notify(std::uint16_t queue) {
+    if (vhost_mode_) { // a kick that exited to us: pass it on to the kernel
+        std::lock_guard lock(tx_mutex_);
+        if (queue < 2 && vhost_kicks_[queue] >= 0) wake(vhost_kicks_[queue]);
+        return;
+    }
     if (queue == net::kReceiveQueue) {
         wake(rx_kick_.get()); // the I/O thread places waiting frames
         return;
@@ -224,7 +283,7 @@ void VirtioNet::ring_error_locked(std::uint16_t queue, const QueueError& error, 
 // --- transmit -----------------------------------------------------------------------------------------
 
 bool VirtioNet::process_tx_locked() {
-    if (tx_signals_ == nullptr || !tx_queue_.active() || tx_broken_) return false;
+    if (vhost_mode_ || tx_signals_ == nullptr || !tx_queue_.active() || tx_broken_) return false;
     bool more = false;
     unsigned done = 0;
     tx_queue_.disable_notifications();
@@ -319,16 +378,24 @@ void VirtioNet::io_loop() {
     bool poll_backend = false;
     bool backend_failed = false;
     while (true) {
-        pollfd fds[4] = {{stop_.get(), POLLIN, 0},
+        pollfd fds[6] = {{stop_.get(), POLLIN, 0},
                          {rx_kick_.get(), POLLIN, 0},
                          {tx_more_.get(), POLLIN, 0},
-                         {poll_backend && !backend_failed ? backend_->fd() : -1, POLLIN, 0}};
-        if (::poll(fds, 4, -1) < 0) {
+                         {poll_backend && !backend_failed ? backend_->fd() : -1, POLLIN, 0},
+                         {own_calls_[0].get(), POLLIN, 0},
+                         {own_calls_[1].get(), POLLIN, 0}};
+        if (::poll(fds, 6, -1) < 0) {
             if (errno == EINTR) continue;
             spdlog::error("{}: poll: {}", name_, std::strerror(errno));
             return;
         }
         if (fds[0].revents & POLLIN) return;
+        for (std::uint16_t queue = 0; queue < 2; ++queue) {
+            if (!(fds[4 + queue].revents & POLLIN)) continue;
+            drain(own_calls_[queue].get()); // vhost-net used buffers and wants an interrupt
+            std::lock_guard lock(rx_mutex_);
+            if (rx_signals_ != nullptr) rx_signals_->used_buffers(queue);
+        }
         const bool kicked = (fds[1].revents & POLLIN) != 0;
         if (kicked) drain(rx_kick_.get());
         if (fds[2].revents & POLLIN) {
@@ -354,7 +421,7 @@ void VirtioNet::io_loop() {
 }
 
 bool VirtioNet::process_rx_locked() {
-    if (rx_signals_ == nullptr || !rx_queue_.active() || rx_broken_) return false;
+    if (vhost_mode_ || rx_signals_ == nullptr || !rx_queue_.active() || rx_broken_) return false;
     bool poll_backend = true;
     for (unsigned round = 0; round < net::kRxBurst; ++round) {
         if (rx_length_ == 0) {

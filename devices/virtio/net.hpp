@@ -29,6 +29,16 @@
 // more chains than the ring can ever hold, is dropped and counted (rx_dropped), its chains returned
 // with used length 0. Interrupts are batched: one check per round of at most kRxBurst frames.
 //
+// vhost-net (vhost=on): at activation the kernel gets the memory map, the rings, a kick and a call eventfd
+// per queue and the tap (devices/virtio/vhost_net.hpp), and does all of the above itself; the features
+// offered drop any ring feature the kernel's vhost lacks. The kick and call eventfds are the transport's
+// (Activation::kick_fds, call_fds: ioeventfd and irqfd, consumes_kicks() is true) where it has them;
+// where it has not (-1), the device bridges with eventfds of its own: notify(q) signals q's kick
+// eventfd, and its thread turns a call into DeviceSignals::used_buffers(q). So vhost works with every
+// I/O-path knob, and with ioeventfd + irqfd no exit and no monitor thread is on the data path. reset()
+// closes the vhost descriptor (the kernel stops and flushes its worker); the next activation opens a
+// new one.
+//
 // A malformed ring (any Virtqueue error) is counted, logged rate-limited, and the device asks the
 // transport for DEVICE_NEEDS_RESET; it stops serving that queue until reset. Nothing a guest writes can
 // make the device crash, hang, or touch memory outside guest RAM.
@@ -52,6 +62,7 @@
 #include "base/rate_limit.hpp"
 #include "base/unique_fd.hpp"
 #include "devices/virtio/net_backend.hpp"
+#include "devices/virtio/vhost_net.hpp"
 #include "devices/virtio/virtio_device.hpp"
 
 namespace vmmlab::virtio {
@@ -95,8 +106,10 @@ struct NetStats {
 
 class VirtioNet final : public VirtioDevice {
 public:
-    // Throws SystemError when its eventfds or thread cannot be made.
-    VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& options);
+    // Throws SystemError when its eventfds or thread cannot be made. With `vhost` (an opened
+    // /dev/vhost-net; the backend must then be a tap) the kernel moves the frames: see "vhost-net" above.
+    VirtioNet(std::unique_ptr<NetBackend> backend, const NetOptions& options,
+              std::unique_ptr<VhostNet> vhost = nullptr);
     ~VirtioNet() override;
 
     std::string_view name() const override { return name_; }
@@ -111,8 +124,11 @@ public:
     std::expected<void, std::string> activate(Activation activation) override;
     void notify(std::uint16_t queue) override;
     void reset() override;
+    bool consumes_kicks() const override { return vhost_mode_; }
 
+    // Counters of the userspace data path (all zero with vhost-net, whose frames the monitor never sees).
     NetStats stats() const;
+    bool uses_vhost() const { return vhost_mode_; }
     NetBackend& backend() { return *backend_; }
     const net::MacAddress& mac() const { return options_.mac; }
 
@@ -120,6 +136,7 @@ private:
     enum class Placed { Done, NoBuffers, Broken };
 
     void io_loop();
+    std::expected<void, std::string> activate_vhost_locked(Activation& activation);
     // Receive: true while the backend should be polled (activated, ring usable, not waiting for buffers).
     bool process_rx_locked();
     Placed place_frame_locked();
@@ -175,6 +192,14 @@ private:
     UniqueFd stop_;    // ends the thread
     UniqueFd rx_kick_; // the driver added receive buffers (or the device was activated)
     UniqueFd tx_more_; // transmit chains are left after a burst
+
+    // vhost-net: the kernel's data path (guarded by both mutexes, like activation), and the eventfds that
+    // stand in for ioeventfd kicks and irqfd calls the transport does not provide.
+    const bool vhost_mode_;
+    std::unique_ptr<VhostNet> vhost_;
+    UniqueFd own_kicks_[2];
+    UniqueFd own_calls_[2];
+    int vhost_kicks_[2] = {-1, -1}; // what the kernel was given
     std::thread io_thread_;
 };
 

@@ -53,6 +53,9 @@ struct Activation {
     std::uint64_t features;        // negotiated: offered by the device and accepted by the driver
     std::vector<Virtqueue> queues; // one per queue the device offers; inactive where not enabled
     DeviceSignals& signals;
+    // Per queue, filled by the transport when the VM has them, -1 otherwise (CONTRACT.md section 3):
+    std::vector<int> kick_fds{}; // eventfd KVM signals when the guest kicks queue q (io_notify=ioeventfd)
+    std::vector<int> call_fds{}; // eventfd that injects queue q's MSI-X vector via irqfd (io_irq=irqfd)
 };
 
 class VirtioDevice {
@@ -77,6 +80,9 @@ public:
     virtual void notify(std::uint16_t queue) = 0;
     // Back to the state before activate(); waits for requests in flight.
     virtual void reset() = 0;
+    // True for a device that reads Activation::kick_fds itself (vhost-net hands them to the kernel): an
+    // I/O thread must then not poll them.
+    virtual bool consumes_kicks() const { return false; }
 };
 
 } // namespace vmmlab::virtio

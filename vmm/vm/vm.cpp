@@ -472,20 +472,26 @@ void Vm::attach_disks(State& s) {
     }
 }
 
-// One virtio-net PCI function per configured net, after the disks: a tap opened (or created) and served
-// by the userspace backend. vhost=on is refused until the vhost-net backend exists.
+// One virtio-net PCI function per configured net, after the disks: a tap opened (or created), served by
+// the userspace data path or, with vhost=on, by the kernel's vhost-net.
 void Vm::attach_nets(State& s) {
     for (std::size_t i = 0; i < s.config.nets.size(); ++i) {
         const auto& net = s.config.nets[i];
-        if (net.vhost)
-            throw DeviceSetupError(fmt::format("net {}: vhost=on is not supported yet (use vhost=off)", i));
+        std::unique_ptr<virtio::VhostNet> vhost;
+        if (net.vhost) {
+            auto opened = virtio::VhostNet::open();
+            if (!opened) throw DeviceSetupError(fmt::format("net {}: vhost=on: {}", i, opened.error()));
+            vhost = std::move(*opened);
+        }
         auto tap = virtio::Tap::open({.name = net.tap});
         if (!tap) throw DeviceSetupError(tap.error());
         const std::string interface = (*tap)->interface_name();
         const auto mac = net.mac.value_or(default_mac(i));
-        auto device = std::make_unique<virtio::VirtioNet>(std::move(*tap), virtio::NetOptions{.mac = mac});
+        auto device = std::make_unique<virtio::VirtioNet>(std::move(*tap), virtio::NetOptions{.mac = mac},
+                                                          std::move(vhost));
         attach_virtio_device(s, std::move(device), fmt::format("virtio-net{}", i));
-        spdlog::info("net {}: tap {}, mac {}", i, interface, virtio::net::to_string(mac));
+        spdlog::info("net {}: tap {}, mac {}, {}", i, interface, virtio::net::to_string(mac),
+                     net.vhost ? "vhost-net" : "userspace data path");
     }
 }
 

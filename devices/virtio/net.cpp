@@ -420,6 +420,11 @@ void VirtioNet::io_loop() {
     }
 }
 
+void VirtioNet::receive_now() {
+    std::lock_guard lock(rx_mutex_);
+    process_rx_locked();
+}
+
 bool VirtioNet::process_rx_locked() {
     if (vhost_mode_ || rx_signals_ == nullptr || !rx_queue_.active() || rx_broken_) return false;
     bool poll_backend = true;

@@ -126,6 +126,10 @@ public:
     void reset() override;
     bool consumes_kicks() const override { return vhost_mode_; }
 
+    // Places the frames waiting in the backend now, on the caller's thread (what the device's thread does
+    // when the backend polls readable): afterwards every frame sent to the backend before the call has
+    // been placed, dropped, or is waiting for buffers. For tests and fuzzing, which want a settled state.
+    void receive_now();
     // Counters of the userspace data path (all zero with vhost-net, whose frames the monitor never sees).
     NetStats stats() const;
     bool uses_vhost() const { return vhost_mode_; }

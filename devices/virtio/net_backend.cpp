@@ -30,7 +30,8 @@ std::string net::to_string(const net::MacAddress& mac) {
                        mac[5]);
 }
 
-DatagramSocketBackend::DatagramSocketBackend() {
+DatagramSocketBackend::DatagramSocketBackend(bool blocking_writes)
+    : write_flags_(MSG_NOSIGNAL | (blocking_writes ? 0 : MSG_DONTWAIT)) {
     int ends[2];
     check_syscall(::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, ends), "socketpair for a net backend");
     device_end_.reset(ends[0]);
@@ -50,7 +51,7 @@ std::expected<void, int> DatagramSocketBackend::write_frame(std::span<const iove
     message.msg_iov = const_cast<iovec*>(pieces.data());
     message.msg_iovlen = pieces.size();
     while (true) {
-        if (::sendmsg(device_end_.get(), &message, MSG_NOSIGNAL) >= 0) return {};
+        if (::sendmsg(device_end_.get(), &message, write_flags_) >= 0) return {};
         if (errno != EINTR) return std::unexpected(errno);
     }
 }

@@ -79,12 +79,13 @@ public:
 };
 
 // One end of a socketpair(AF_UNIX, SOCK_DGRAM): one datagram is one frame with its header. Reads never
-// block; writes block while the peer's queue is full (the peer is a test that reads them). Tests keep
-// the other end (peer()) to inject and collect frames.
+// block; writes block while the peer's queue is full (the peer is a test that reads them), or with
+// `blocking_writes` false fail with EAGAIN (the device drops the frame). Tests keep the other end
+// (peer()) to inject and collect frames.
 class DatagramSocketBackend final : public NetBackend {
 public:
     // Throws SystemError when the socket pair cannot be made.
-    DatagramSocketBackend();
+    explicit DatagramSocketBackend(bool blocking_writes = true);
     std::string_view name() const override { return "socket"; }
     int fd() const override { return device_end_.get(); }
     std::expected<std::size_t, int> read_frame(std::span<std::byte> buffer) override;
@@ -101,6 +102,7 @@ private:
     UniqueFd device_end_;
     UniqueFd peer_end_;
     std::uint64_t offloads_ = 0;
+    int write_flags_;
 };
 
 } // namespace vmmlab::virtio

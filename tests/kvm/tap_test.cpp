@@ -1,8 +1,10 @@
-// The tap backend for real: in a fresh network namespace (unshare(CLONE_NEWNET), so nothing on the host
-// changes), Tap::open creates taps, reports its errors, and VirtioNet moves UDP datagrams between the
-// mock driver's rings and a host socket through the kernel. Needs root (CAP_SYS_ADMIN for the namespace,
-// CAP_NET_ADMIN for the tap) and /dev/net/tun: where the process lacks them the test says why and does
-// not pass silently (a WARN line in the report, and no assertion is counted as a pass).
+// The tap backend and vhost-net for real: in a fresh network namespace (unshare(CLONE_NEWNET), so nothing
+// on the host changes), Tap::open creates taps, reports its errors, and VirtioNet (userspace, then
+// vhost-net) moves UDP datagrams between the mock driver's rings and a host socket through the kernel.
+// No /dev/kvm is needed, but root (CAP_SYS_ADMIN for the namespace, CAP_NET_ADMIN for the tap),
+// /dev/net/tun and /dev/vhost-net are: that is why these live with the kvm tests, which tools/test runs in
+// the nested sandbox as root with the tun and vhost_net modules loaded. Where the process lacks them the
+// test says why in a WARN line and makes no passing assertion about the data path.
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
@@ -29,7 +31,7 @@
 #include "devices/virtio/net.hpp"
 #include "devices/virtio/tap.hpp"
 #include "devices/virtio/vhost_net.hpp"
-#include "virtio_mock_driver.hpp"
+#include "tests/unit/virtio_mock_driver.hpp"
 
 using namespace vmmlab;
 using namespace vmmlab::virtio;

@@ -138,6 +138,14 @@ public:
     // Restores the indices (a snapshot, or a test that starts near 2^16). The driver's rings must agree.
     void set_indices(std::uint16_t next_available, std::uint16_t next_used);
 
+    // Where the three rings lie in the monitor's address space (for vhost, which walks them in the kernel).
+    struct HostRings {
+        std::byte* descriptors;
+        std::byte* available;
+        std::byte* used;
+    };
+    HostRings host_rings() const { return {descriptors_.data(), available_.data(), used_.data()}; }
+
     // How many chains the driver has made available and the device has not popped yet.
     std::expected<std::uint16_t, QueueError> pending() const;
 

@@ -77,6 +77,11 @@ void add_linux_flags(CLI::App& command, KnobFlags& flags) {
                     "a virtio-blk disk: path=IMG[,readonly=on][,direct=on][,engine=sync|threads|uring] "
                     "(repeatable; one PCI function each)")
         ->allow_extra_args(false);
+    command
+        .add_option("--net", flags.nets,
+                    "a virtio-net NIC on a tap device: tap=NAME[,mac=52:54:00:12:34:56][,vhost=on] (tap= "
+                    "empty: create one; repeatable; one PCI function each, after the disks)")
+        ->allow_extra_args(false);
 }
 
 std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsigned host_cpus) {
@@ -120,6 +125,7 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     set("initrd", flags.initrd);
     if (flags.kernel_cmdline) overrides["kernel_cmdline"] = *flags.kernel_cmdline;
     if (!flags.disks.empty()) overrides["disks"] = flags.disks;
+    if (!flags.nets.empty()) overrides["nets"] = flags.nets;
     if (flags.prefault) overrides["prefault"] = true;
     if (flags.no_prefault) overrides["prefault"] = false;
     auto result = apply_json(*config, overrides, host_cpus);
@@ -131,6 +137,7 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
             if (c == '_' && &c < message.data() + message.find(':')) c = '-';
         if (message.starts_with("--kernel-cmdline:")) message.replace(0, 16, "--cmdline");
         if (message.starts_with("--disks:")) message.replace(0, 7, "--disk");
+        if (message.starts_with("--nets:")) message.replace(0, 6, "--net");
         return std::unexpected(message);
     }
     if (result->boots_linux() && !cpu_model_chosen) result->cpu_model = x86::CpuModel::HostPassthrough;

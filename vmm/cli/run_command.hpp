@@ -29,10 +29,12 @@ struct KnobFlags {
     // --disk, repeatable: each "path=IMG[,readonly=on][,direct=on][,engine=...]"; any given replace the
     // file's list.
     std::vector<std::string> disks;
+    // --net, repeatable: each "tap=NAME[,mac=...][,vhost=on]"; any given replace the file's list.
+    std::vector<std::string> nets;
 };
 
 void add_knob_flags(CLI::App& command, KnobFlags& flags);
-// --kernel, --initrd, --cmdline and --disk.
+// --kernel, --initrd, --cmdline, --disk and --net.
 void add_linux_flags(CLI::App& command, KnobFlags& flags);
 
 // Profile first, then the JSON file, then each flag given. Every error is one line naming the knob.

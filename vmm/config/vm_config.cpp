@@ -173,6 +173,66 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text) {
     return disk;
 }
 
+virtio::net::MacAddress default_mac(std::size_t index) {
+    // 52:54:00 (locally administered, unicast) and "vm", then the index: stable from run to run.
+    return {0x52, 0x54, 0x00, 0x76, 0x6d, static_cast<std::uint8_t>(index)};
+}
+
+std::expected<NetConfig, std::string> parse_net(std::string_view text) {
+    NetConfig net;
+    bool seen_tap = false, seen_mac = false, seen_vhost = false;
+    if (text.empty()) return net;
+    for (std::string_view item : split(text, ',')) {
+        auto equals = item.find('=');
+        if (equals == std::string_view::npos)
+            return unexpected(fmt::format("'{}' is not KEY=VALUE (tap, mac, vhost)", item));
+        std::string_view key = item.substr(0, equals), value = item.substr(equals + 1);
+        auto once = [&](bool& seen) -> std::expected<void, std::string> {
+            if (seen) return unexpected(fmt::format("{} given twice", key));
+            seen = true;
+            return {};
+        };
+        if (key == "tap") {
+            if (auto ok = once(seen_tap); !ok) return unexpected(ok.error());
+            if (value.size() > 15)
+                return unexpected(
+                    fmt::format("tap='{}' is longer than 15 characters (an interface name)", value));
+            if (value.find_first_of("/: \t") != std::string_view::npos)
+                return unexpected(fmt::format("tap='{}' is not an interface name", value));
+            net.tap = value;
+        } else if (key == "mac") {
+            if (auto ok = once(seen_mac); !ok) return unexpected(ok.error());
+            auto mac = virtio::net::parse_mac(value);
+            if (!mac)
+                return unexpected(
+                    fmt::format("mac='{}' is not a MAC address (e.g. 52:54:00:12:34:56)", value));
+            if ((*mac)[0] & 1)
+                return unexpected(
+                    fmt::format("mac='{}' is a multicast address; a NIC needs a unicast one", value));
+            if (*mac == virtio::net::MacAddress{})
+                return unexpected(fmt::format("mac='{}' is all zeros", value));
+            net.mac = *mac;
+        } else if (key == "vhost") {
+            if (auto ok = once(seen_vhost); !ok) return unexpected(ok.error());
+            if (value == "on")
+                net.vhost = true;
+            else if (value == "off")
+                net.vhost = false;
+            else
+                return unexpected(fmt::format("vhost='{}' is not on or off", value));
+        } else {
+            return unexpected(fmt::format("unknown key '{}' (tap, mac, vhost)", key));
+        }
+    }
+    return net;
+}
+
+std::string to_string(const NetConfig& net) {
+    std::string text = "tap=" + net.tap;
+    if (net.mac) text += ",mac=" + virtio::net::to_string(*net.mac);
+    return text + (net.vhost ? ",vhost=on" : ",vhost=off");
+}
+
 std::string to_string(const DiskConfig& disk) {
     std::string_view engine = disk.engine == virtio::IoEngineKind::Threads   ? "threads"
                               : disk.engine == virtio::IoEngineKind::IoUring ? "uring"
@@ -383,6 +443,30 @@ std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann:
                 disks.push_back(*disk);
             }
             config.disks = std::move(disks);
+        } else if (key == "nets") {
+            // An array of nets, each the --net text or an object of the same keys.
+            if (!value.is_array()) return fail("must be an array of nets");
+            std::vector<NetConfig> nets;
+            for (const auto& item : value) {
+                std::string net_text;
+                if (item.is_string()) {
+                    net_text = item.get<std::string>();
+                } else if (item.is_object()) {
+                    for (const auto& [net_key, net_value] : item.items()) {
+                        std::string field = net_value.is_string()    ? net_value.get<std::string>()
+                                            : net_value.is_boolean() ? (net_value.get<bool>() ? "on" : "off")
+                                                                     : net_value.dump();
+                        net_text += (net_text.empty() ? "" : ",") + net_key + "=" + field;
+                    }
+                    if (net_text.empty()) net_text = "tap=";
+                } else {
+                    return fail(fmt::format("'{}' is not a net (a string or an object)", item.dump()));
+                }
+                auto net = parse_net(net_text);
+                if (!net) return fail(net.error());
+                nets.push_back(*net);
+            }
+            config.nets = std::move(nets);
         } else {
             return unexpected(fmt::format("config: unknown key '{}'", key));
         }
@@ -397,6 +481,12 @@ nlohmann::json to_json(const VmConfig& config) {
         auto engine = text.substr(text.rfind('=') + 1);
         disks.push_back(
             {{"path", disk.path}, {"readonly", disk.readonly}, {"direct", disk.direct}, {"engine", engine}});
+    }
+    nlohmann::json nets = nlohmann::json::array();
+    for (const auto& net : config.nets) {
+        nlohmann::json item = {{"tap", net.tap}, {"vhost", net.vhost}};
+        if (net.mac) item["mac"] = virtio::net::to_string(*net.mac);
+        nets.push_back(item);
     }
     return {
         {"profile", config.profile},
@@ -417,6 +507,7 @@ nlohmann::json to_json(const VmConfig& config) {
         {"io_notify", to_string(config.io_notify)},
         {"io_irq", to_string(config.io_irq)},
         {"io_thread", config.io_thread ? "on" : "off"},
+        {"nets", nets},
     };
 }
 
@@ -442,6 +533,14 @@ std::expected<void, std::string> validate(const VmConfig& config, bool host_has_
         return unexpected(
             "cmdline: is the Linux kernel's command line and needs --kernel (the tiny guest's is "
             "--guest-cmdline)");
+    if (config.disks.size() + config.nets.size() > kMaxVirtioDevices)
+        return unexpected(fmt::format("disks and nets: {} + {} virtio devices; at most {} in all",
+                                      config.disks.size(), config.nets.size(), kMaxVirtioDevices));
+    for (std::size_t i = 0; i < config.nets.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (!config.nets[i].tap.empty() && config.nets[i].tap == config.nets[j].tap)
+                return unexpected(
+                    fmt::format("net: tap {} given twice (one tap serves one NIC)", config.nets[i].tap));
     return {};
 }
 
@@ -454,6 +553,11 @@ std::string describe(const VmConfig& config) {
                             config.initrd.empty() ? "none" : config.initrd, config.kernel_cmdline);
     for (const auto& disk : config.disks)
         guest += fmt::format(" | disk {}", to_string(disk));
+    for (std::size_t i = 0; i < config.nets.size(); ++i) {
+        NetConfig net = config.nets[i];
+        if (!net.mac) net.mac = default_mac(i);
+        guest += fmt::format(" | net {}", to_string(net));
+    }
     return fmt::format("profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | "
                        "halt-poll {} | disable-exits {} | cpu-model {} | io-notify {} | io-irq {} | "
                        "io-thread {} | {}",

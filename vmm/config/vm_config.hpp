@@ -13,6 +13,7 @@
 
 #include "arch/x86/cpuid.hpp"
 #include "devices/virtio/io_engine.hpp"
+#include "devices/virtio/net_backend.hpp"
 #include "memory/backing.hpp"
 #include "memory/page_tables.hpp"
 
@@ -55,6 +56,22 @@ struct DiskConfig {
 // thread, or a per-device I/O thread). ioeventfd needs io_thread on: someone must read the eventfd.
 enum class IoNotify { Exit, Ioeventfd };
 enum class IoIrq { Userspace, Irqfd };
+// A virtio-net interface on a tap device: `tap` names an existing or new interface (empty: the monitor
+// creates one, vmmlab0, vmmlab1, ...); `mac` is the guest's address (none: 52:54:00:76:6d:0N for net N,
+// locally administered and stable); `vhost` moves the data path into the kernel's vhost-net. Written on
+// the command line as "tap=NAME[,mac=52:54:00:12:34:56][,vhost=on|off]" ("tap=" alone: create one).
+struct NetConfig {
+    std::string tap;
+    std::optional<virtio::net::MacAddress> mac{};
+    bool vhost = false;
+    bool operator==(const NetConfig&) const = default;
+};
+
+// Virtio PCI functions in all (disks, then nets): IO-APIC pins 16-23, one INTx line each.
+inline constexpr std::size_t kMaxVirtioDevices = 8;
+
+// The MAC address net `index` gets when its NetConfig names none.
+virtio::net::MacAddress default_mac(std::size_t index);
 
 struct VmConfig {
     std::string profile = "untuned";
@@ -78,6 +95,7 @@ struct VmConfig {
     IoNotify io_notify = IoNotify::Exit;
     IoIrq io_irq = IoIrq::Userspace;
     bool io_thread = false;
+    std::vector<NetConfig> nets;   // one virtio-net PCI function each, after the disks
     bool operator==(const VmConfig&) const = default;
 };
 
@@ -107,6 +125,8 @@ std::expected<IoIrq, std::string> parse_io_irq(std::string_view text);          
 std::expected<bool, std::string> parse_io_thread(std::string_view text);                 // off on
 // path=IMG[,readonly=on|off][,direct=on|off][,engine=sync|threads|uring]; the path cannot hold a comma.
 std::expected<DiskConfig, std::string> parse_disk(std::string_view text);
+// tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,vhost=on|off]; "tap=" (empty) or "" alone: a tap the monitor creates.
+std::expected<NetConfig, std::string> parse_net(std::string_view text);
 
 std::string to_string(PageSize size);
 std::string to_string(const HaltPoll& halt_poll);
@@ -115,6 +135,7 @@ std::string to_string(x86::CpuModel model);
 std::string to_string(const DiskConfig& disk); // the text parse_disk reads back
 std::string to_string(IoNotify notify);
 std::string to_string(IoIrq irq);
+std::string to_string(const NetConfig& net);   // the text parse_net reads back
 
 // The effective configuration, one knob per line, as every run prints it.
 std::string describe(const VmConfig& config);

@@ -32,7 +32,9 @@
 #include "devices/legacy/serial_input.hpp"
 #include "devices/virtio/block.hpp"
 #include "devices/virtio/io_thread.hpp"
+#include "devices/virtio/net.hpp"
 #include "devices/virtio/pci_transport.hpp"
+#include "devices/virtio/tap.hpp"
 #include "guest/abi/boot_abi.hpp"
 #include "kvm/capabilities.hpp"
 #include "kvm/gsi_router.hpp"
@@ -261,8 +263,7 @@ std::optional<GuestResult> parse_result_line(std::string_view line) {
 // the IO-APIC at 0xFEC00000), INTx on GSI kVirtioIntxGsiBase + k (IO-APIC pins 16-23, one each:
 // KVM_IRQ_LINE levels of one source cannot be shared). Linux uses MSI-X; INTx is for drivers that do not.
 constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
-constexpr std::uint32_t kVirtioIntxGsiBase = 16;
-constexpr std::size_t kMaxVirtioDevices = 8;
+constexpr std::uint32_t kVirtioIntxGsiBase = 16; // kMaxVirtioDevices (vm_config.hpp) of them: pins 16-23
 
 // A window of a device's BAR inserted on the bus as its own range (so exits to it are counted as their
 // own site, e.g. "virtio-blk0-notify"): accesses are forwarded at `base` + offset.
@@ -429,6 +430,7 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     insert(s.pio, PioAddress{x86::acpi::kSleepControlPort}, devices::AcpiPower::kRegisterCount, s.acpi_power);
     insert(s.pio, PioAddress{devices::PciHost::kBasePort}, devices::PciHost::kPortCount, s.pci);
     attach_disks(s);
+    attach_nets(s);
     std::uint32_t flags = 0;
     if (s.system.check_extension(KVM_CAP_IOEVENTFD) > 0) {
         s.bench_eventfd = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -480,9 +482,6 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
 
 // One virtio-blk PCI function per configured disk, in order (see attach_virtio_device).
 void Vm::attach_disks(State& s) {
-    if (s.config.disks.size() > kMaxVirtioDevices)
-        throw SystemError(
-            fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxVirtioDevices), EINVAL);
     for (std::size_t i = 0; i < s.config.disks.size(); ++i) {
         const auto& disk = s.config.disks[i];
         auto blk = virtio::VirtioBlk::open({.path = disk.path,
@@ -494,6 +493,29 @@ void Vm::attach_disks(State& s) {
         auto& function = attach_virtio_device(s, std::move(*blk), fmt::format("virtio-blk{}", i));
         spdlog::info("disk {}: {} at 00:{:02x}.0{}", disk.path, function.name, function.slot,
                      disk.readonly ? ", read-only" : "");
+    }
+}
+
+// One virtio-net PCI function per configured net, after the disks: a tap opened (or created), served by
+// the userspace data path or, with vhost=on, by the kernel's vhost-net.
+void Vm::attach_nets(State& s) {
+    for (std::size_t i = 0; i < s.config.nets.size(); ++i) {
+        const auto& net = s.config.nets[i];
+        std::unique_ptr<virtio::VhostNet> vhost;
+        if (net.vhost) {
+            auto opened = virtio::VhostNet::open();
+            if (!opened) throw DeviceSetupError(fmt::format("net {}: vhost=on: {}", i, opened.error()));
+            vhost = std::move(*opened);
+        }
+        auto tap = virtio::Tap::open({.name = net.tap});
+        if (!tap) throw DeviceSetupError(tap.error());
+        const std::string interface = (*tap)->interface_name();
+        const auto mac = net.mac.value_or(default_mac(i));
+        auto device = std::make_unique<virtio::VirtioNet>(std::move(*tap), virtio::NetOptions{.mac = mac},
+                                                          std::move(vhost));
+        attach_virtio_device(s, std::move(device), fmt::format("virtio-net{}", i));
+        spdlog::info("net {}: tap {}, mac {}, {}", i, interface, virtio::net::to_string(mac),
+                     net.vhost ? "vhost-net" : "userspace data path");
     }
 }
 

@@ -103,6 +103,18 @@ struct ConsoleOptions {
     bool escape = false;
 };
 
+// A device named in the configuration could not be set up (a tap without CAP_NET_ADMIN, vhost-net
+// missing): the message is one line naming the device and the cause.
+class DeviceSetupError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace virtio {
+class VirtioDevice;
+class VirtioPciTransport;
+} // namespace virtio
+
 class Vm {
 public:
     // `guest_image` is the tiny guest's ELF; a Linux guest (config.kernel set) does not use it. Throws
@@ -124,11 +136,13 @@ private:
                                       std::optional<KvmExitTracepoint>& tracepoint, RunReport& report);
     static void start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,
                                  bool guest_avx);
-    // One virtio-blk PCI function per configured disk (see vm.cpp for the addresses and GSIs).
-    static void attach_disks(State& s);
-    // Any virtio device as the next PCI function, with the I/O path of the config's io_* knobs.
+    // Virtio device k (disks first, then nets) at PCI slot k + 1, BAR0 kVirtioBarBase + k * kBarSize, INTx
+    // GSI 16 + k (vm.cpp), with the I/O path of the config's io_* knobs; at most kMaxVirtioDevices.
     static VirtioFunction& attach_virtio_device(State& s, std::unique_ptr<virtio::VirtioDevice> device,
                                                 std::string name);
+    // One virtio-blk PCI function per configured disk, then one virtio-net function per net.
+    static void attach_disks(State& s);
+    static void attach_nets(State& s);
     std::unique_ptr<State> state_;
 };
 

@@ -13,6 +13,8 @@
 // Results: iops (IOPS), mb_per_s (MB/s, 10^6 bytes), latency_p50, latency_p99, latency_max (us), ops,
 // io_errors (requests the device answered with a status other than OK), interrupts (device interrupts
 // taken), mismatched_sectors (verify=on). Status 1 when a request failed or a sector mismatched.
+#include "guest/workloads/blk.hpp"
+
 #include "guest/workloads/blk_pattern.hpp"
 #include "guest/workloads/cpu.hpp"
 #include "guest/workloads/platform.hpp"
@@ -22,55 +24,7 @@
 namespace vmmlab::guest {
 namespace {
 
-constexpr unsigned kSubBuckets = 32;
-constexpr unsigned kSubBits = 5;
-
-class LatencyHistogram {
-public:
-    void add(uint64_t value) {
-        ++counts_[index(value)];
-        ++total_;
-        if (value > max_) max_ = value;
-    }
-    uint64_t max() const { return max_; }
-    // The middle of the bucket that holds the p-th fraction of the values (capped at the maximum).
-    uint64_t percentile(double p) const {
-        if (total_ == 0) return 0;
-        auto rank = static_cast<uint64_t>(p * static_cast<double>(total_));
-        if (static_cast<double>(rank) < p * static_cast<double>(total_)) ++rank;
-        if (rank == 0) rank = 1;
-        uint64_t seen = 0;
-        for (size_t i = 0; i < kBuckets; ++i) {
-            seen += counts_[i];
-            if (seen >= rank) {
-                const uint64_t middle = (lower(i) + lower(i + 1) - 1) / 2;
-                return middle < max_ ? middle : max_;
-            }
-        }
-        return max_;
-    }
-
-private:
-    static constexpr size_t kBuckets = 64 * kSubBuckets;
-    static size_t index(uint64_t v) {
-        if (v < kSubBuckets) return static_cast<size_t>(v);
-        const unsigned exponent = 63U - static_cast<unsigned>(__builtin_clzll(v)); // >= kSubBits
-        const uint64_t sub = (v >> (exponent - kSubBits)) & (kSubBuckets - 1);
-        return static_cast<size_t>((exponent - kSubBits + 1) * kSubBuckets + sub);
-    }
-    static uint64_t lower(size_t i) {
-        if (i < kSubBuckets) return i;
-        const unsigned exponent = static_cast<unsigned>(i / kSubBuckets) + kSubBits - 1;
-        if (exponent >= 63) return ~0ULL;
-        return (kSubBuckets + i % kSubBuckets) << (exponent - kSubBits);
-    }
-
-    uint64_t counts_[kBuckets] = {};
-    uint64_t total_ = 0;
-    uint64_t max_ = 0;
-};
-
-LatencyHistogram g_latency; // 16 KiB: static rather than on the guest's 64 KiB stack
+blk::LatencyHistogram g_latency; // 16 KiB: static rather than on the guest's 64 KiB stack
 
 constexpr unsigned kMaxDepth = 64;
 

@@ -1,6 +1,7 @@
 // The tiny guest's virtio-pci blk driver and `blk` workload on a real /dev/kvm: bytes written by the guest
 // land in the image (checked on the host), bytes written by the host are read back by the guest, a
 // read-only disk answers writes with IOERR, and every engine, O_DIRECT setting and wait mode reports figures.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "config/vm_config.hpp"
 #include "guest/embedded_image.hpp"
 #include "guest/workloads/blk_pattern.hpp"
+#include "guest/workloads/random.hpp"
 #include "vm/vm.hpp"
 
 using namespace vmmlab;
@@ -199,6 +201,33 @@ TEST_CASE(
     CHECK_THAT(run.console, Catch::Contains("read-only"));
     CHECK_THAT(run.console, Catch::Contains("answered status 1 (IOERR)"));
     CHECK(image.read_all() == before);
+}
+
+TEST_CASE(
+    "blk: random writes land exactly on the blocks the seed picks, the rest of the image stays as it was",
+    "[kvm][guest][blk]") {
+    Image image(kImageBytes);
+    auto run = boot(blk_config("blk mode=randwrite bs=8k qd=3 ops=20 seed=7 wait=poll",
+                               {DiskConfig{.path = image.path(), .engine = virtio::IoEngineKind::Threads}}));
+    CHECK(run.report.exit_status == 0);
+    check_figures(run.report, 20);
+
+    // The workload's offsets: SplitMix64(seed).below(blocks), one per request.
+    constexpr std::uint64_t kBlock = 8192;
+    std::vector<bool> picked(kImageBytes / kBlock);
+    guest::SplitMix64 random(7);
+    for (int i = 0; i < 20; ++i)
+        picked[random.below(picked.size())] = true;
+    const auto bytes = image.read_all();
+    const auto pattern = pattern_bytes(kImageBytes);
+    for (std::size_t block = 0; block < picked.size(); ++block) {
+        INFO("block " << block << (picked[block] ? " (written)" : " (not written)"));
+        const auto* got = bytes.data() + block * kBlock;
+        if (picked[block])
+            CHECK(std::memcmp(got, pattern.data() + block * kBlock, kBlock) == 0);
+        else
+            CHECK(std::all_of(got, got + kBlock, [](std::uint8_t b) { return b == 0xa5; }));
+    }
 }
 
 TEST_CASE("blk: wait=poll takes no interrupts, wait=irq one or more, both report figures",

@@ -126,9 +126,9 @@ uint16_t used_index() {
     return *reinterpret_cast<volatile uint16_t*>(&g_ring.used.idx);
 }
 
-[[noreturn]] void device_panic(Text what, uint64_t value) {
+[[noreturn]] void device_panic(const Line& what) {
     Line line;
-    line.put(driver_name()).put(": ").put(what).put(' ').put_u64(value);
+    line.put(driver_name()).put(": ").put(what.text());
     line.put(" (device_status ").put_hex(g_driver.pci.status()).put(", used idx ").put_u64(used_index());
     line.put(", consumed ")
         .put_u64(g_driver.used_seen)
@@ -136,6 +136,12 @@ uint16_t used_index() {
         .put_u64(g_driver.avail_index)
         .put(')');
     kernel::panic(line.text());
+}
+
+[[noreturn]] void device_panic(Text what, uint64_t value) {
+    Line line;
+    line.put(what).put(' ').put_u64(value);
+    device_panic(line);
 }
 
 size_t harvest(BlockCompletion* out, size_t capacity) {
@@ -292,8 +298,10 @@ size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks)
             line.put("no completion within ").put_u64(timeout_ticks / (tick_hz() / 1000)).put(" ms; ");
             line.put(g_driver.wait == BlockWait::Interrupt ? "interrupts " : "polling; interrupts ");
             line.put_u64(vmmlab_device_interrupts - g_driver.interrupts_at_open).put(", timer ticks ");
-            line.put_u64(vmmlab_timer_count).put(";");
-            device_panic(line.text(), 0);
+            line.put_u64(vmmlab_timer_count);
+            if (g_driver.wait == BlockWait::Interrupt && used_index() != g_driver.used_seen)
+                line.put("; completions wait in the used ring, but no interrupt announced them");
+            device_panic(line);
         }
         if (g_driver.wait == BlockWait::Interrupt)
             vmmlab_safe_halt(); // sti; hlt: the device's MSI-X message (or the watchdog timer) wakes us

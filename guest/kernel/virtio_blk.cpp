@@ -4,6 +4,8 @@
 // interrupt on kDeviceVector while the vCPU halts (wait=irq: the monitor's interrupt path is part of what
 // is measured) or by spinning on the used ring (wait=poll: no interrupts at all). A LAPIC timer in
 // periodic mode (about 10 ms) wakes a halted vCPU even if an interrupt is lost, so every wait is bounded.
+// With EVENT_IDX (BlockOpen::event_index) the kick writes the notify register only when the device's
+// avail_event asks for it, and the driver's used_event asks for an interrupt at the next unseen entry.
 // A device that breaks the protocol (an id that is no request in flight, a status it did not write, a used
 // index that runs ahead) or goes silent is a guest panic naming what it did.
 #include "guest/kernel/kernel.hpp"
@@ -26,6 +28,7 @@ using kernel::VirtioPciDevice;
 constexpr uint32_t kRequestIn = 0;
 constexpr uint32_t kRequestOut = 1;
 constexpr unsigned kBlockFeatureReadOnly = 5;
+constexpr unsigned kFeatureEventIndex = 29; // VIRTIO_F_EVENT_IDX
 constexpr unsigned kMaxQueueDepth = 64;
 constexpr uint8_t kStatusUnwritten = 0xff;
 
@@ -51,6 +54,9 @@ struct Driver {
     uint64_t apic_base = 0;
     uint64_t interrupts_at_open = 0;
     uint64_t interrupts_seen = 0;
+    uint64_t kicks = 0;
+    bool event_index = false;
+    uint16_t kicked_at = 0; // avail idx at the last notification (EVENT_IDX)
     bool in_flight[kMaxQueueDepth] = {};
     char name[sizeof("virtio-blk 00:1f.0")] = {}; // a Line would need a static constructor
 };
@@ -126,6 +132,14 @@ uint16_t used_index() {
     return *reinterpret_cast<volatile uint16_t*>(&g_ring.used.idx);
 }
 
+// EVENT_IDX fields: used_event after the available ring's entries, avail_event after the used ring's.
+volatile uint16_t* used_event_slot(uint16_t size) {
+    return reinterpret_cast<volatile uint16_t*>(&g_ring.avail.ring[size]);
+}
+volatile uint16_t* avail_event_slot(uint16_t size) {
+    return reinterpret_cast<volatile uint16_t*>(&g_ring.used.ring[size]);
+}
+
 [[noreturn]] void device_panic(const Line& what) {
     Line line;
     line.put(driver_name()).put(": ").put(what.text());
@@ -192,8 +206,9 @@ bool block_open(const BlockOpen& request, BlockInfo& info, Line& error) {
     }
     if (!pci.reset(error)) return false;
     uint64_t features = 0;
-    if (!pci.negotiate(1ULL << kernel::kFeatureVersion1, 1ULL << kBlockFeatureReadOnly, features, error))
-        return false;
+    const uint64_t required =
+        1ULL << kernel::kFeatureVersion1 | (request.event_index ? 1ULL << kFeatureEventIndex : 0);
+    if (!pci.negotiate(required, 1ULL << kBlockFeatureReadOnly, features, error)) return false;
     const bool interrupts = request.wait == BlockWait::Interrupt;
     uint16_t vector = kernel::kNoVector;
     if (interrupts) {
@@ -233,7 +248,8 @@ bool block_open(const BlockOpen& request, BlockInfo& info, Line& error) {
         d[1] = {0, 0, kernel::kDescNext, static_cast<uint16_t>(3 * tag + 2)};
         d[2] = {reinterpret_cast<uint64_t>(&g_status[tag]), 1, kernel::kDescWrite, 0};
     }
-    g_ring.avail.flags = interrupts ? 0 : kernel::kAvailNoInterrupt;
+    g_ring.avail.flags = interrupts ? 0 : kernel::kAvailNoInterrupt; // ignored with EVENT_IDX
+    *used_event_slot(size) = 0; // with EVENT_IDX: interrupt for the first completion
     if (!pci.driver_ok(error)) {
         apic_stop();
         return false;
@@ -244,6 +260,7 @@ bool block_open(const BlockOpen& request, BlockInfo& info, Line& error) {
     g_driver.size = size;
     g_driver.interrupts_at_open = vmmlab_device_interrupts;
     g_driver.interrupts_seen = vmmlab_device_interrupts;
+    g_driver.event_index = request.event_index;
 
     info.sectors = pci.config_u64(0);
     info.read_only = (features >> kBlockFeatureReadOnly) & 1;
@@ -270,10 +287,20 @@ void block_submit(uint16_t tag, bool write, uint64_t sector, void* buffer, uint3
 }
 
 void block_kick() {
-    // The index store must be visible before the device's flags are read (virtio 1.2, 2.7.13.5).
+    // The index store must be visible before the device's suppression state is read (virtio 1.2, 2.7.13.5).
     asm volatile("mfence" ::: "memory");
-    if ((*reinterpret_cast<volatile uint16_t*>(&g_ring.used.flags) & kernel::kUsedNoNotify) != 0) return;
+    if (g_driver.event_index) {
+        // Notify only if the device's avail_event lies among the entries added since the last notification.
+        const uint16_t event = *avail_event_slot(g_driver.size);
+        const auto added = static_cast<uint16_t>(g_driver.avail_index - g_driver.kicked_at);
+        const auto distance = static_cast<uint16_t>(g_driver.avail_index - event - 1);
+        g_driver.kicked_at = g_driver.avail_index;
+        if (distance >= added) return;
+    } else if ((*reinterpret_cast<volatile uint16_t*>(&g_ring.used.flags) & kernel::kUsedNoNotify) != 0) {
+        return;
+    }
     *reinterpret_cast<volatile uint16_t*>(g_driver.notify_address) = 0; // queue 0
+    ++g_driver.kicks;
 }
 
 size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks) {
@@ -284,8 +311,16 @@ size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks)
             // device's interrupt, never before it. An interrupt that came while this vCPU had them off
             // (the sync engine completes inside the kick's exit) is taken here; otherwise halt for one.
             asm volatile("sti\n\tnop\n\tcli" ::: "memory");
-            if (vmmlab_device_interrupts != g_driver.interrupts_seen) {
-                g_driver.interrupts_seen = vmmlab_device_interrupts;
+            bool collect = vmmlab_device_interrupts != g_driver.interrupts_seen;
+            g_driver.interrupts_seen = vmmlab_device_interrupts;
+            if (g_driver.event_index) {
+                // Ask for an interrupt at the next unseen entry, then look again: an entry the device
+                // pushed before it could see this used_event brings no interrupt (2.7.10).
+                *used_event_slot(g_driver.size) = g_driver.used_seen;
+                asm volatile("mfence" ::: "memory");
+                collect = collect || used_index() != g_driver.used_seen;
+            }
+            if (collect) {
                 const size_t count = harvest(out, capacity);
                 if (count > 0) return count;
             }
@@ -308,6 +343,10 @@ size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks)
         else
             cpu_relax();
     }
+}
+
+uint64_t block_kicks() {
+    return g_driver.kicks;
 }
 
 uint64_t block_interrupts() {

@@ -186,6 +186,10 @@ uint64_t block_interrupts() {
     return 0;
 }
 
+uint64_t block_kicks() {
+    return 0;
+}
+
 void block_close() {
 }
 

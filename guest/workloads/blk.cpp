@@ -1,7 +1,7 @@
 // blk: block I/O against one of the guest's virtio-blk disks (platform.hpp's block_* functions).
 //
 //   blk [mode=read|write|randread|randwrite] [bs=4K] [qd=1] [size=S] [ops=N] [disk=0] [wait=irq|poll]
-//       [verify=off|on] [seed=1]
+//       [event_idx=off|on] [verify=off|on] [seed=1]
 //
 // `size` bytes from the start of the disk (default: all of it) are the region; sequential modes walk it
 // in `bs` steps (wrapping), random modes pick `bs`-aligned offsets in it (SplitMix64 from `seed`).
@@ -12,7 +12,9 @@
 //
 // Results: iops (IOPS), mb_per_s (MB/s, 10^6 bytes), latency_p50, latency_p99, latency_max (us), ops,
 // io_errors (requests the device answered with a status other than OK), interrupts (device interrupts
-// taken), mismatched_sectors (verify=on). Status 1 when a request failed or a sector mismatched.
+// taken), kicks (queue notifications written), mismatched_sectors (verify=on). event_idx=on negotiates
+// VIRTIO_F_EVENT_IDX, so kicks and interrupts happen only where the other side asked for them. Status 1 when
+// a request failed or a sector mismatched.
 #include "guest/workloads/blk.hpp"
 
 #include "guest/workloads/blk_pattern.hpp"
@@ -63,7 +65,8 @@ double microseconds(uint64_t ticks) {
 } // namespace
 
 int run_blk(const Args& args) {
-    constexpr Text kOptions[] = {"mode", "bs", "qd", "size", "ops", "disk", "wait", "verify", "seed"};
+    constexpr Text kOptions[] = {"mode", "bs",   "qd",        "size",   "ops",
+                                 "disk", "wait", "event_idx", "verify", "seed"};
     uint64_t bs = 0;
     uint64_t qd = 0;
     uint64_t size = 0;
@@ -93,6 +96,11 @@ int run_blk(const Args& args) {
         return kExitUsage;
     }
     const bool verify = verify_text == Text{"on"};
+    const Text event_text = args.text("event_idx", "off");
+    if (!(event_text == Text{"on"}) && !(event_text == Text{"off"})) {
+        args.error("event_idx must be on or off");
+        return kExitUsage;
+    }
     if (bs % blk::kSectorBytes != 0 || bs > (4ULL << 20)) {
         args.error("bs must be a multiple of 512 bytes, at most 4M");
         return kExitUsage;
@@ -117,7 +125,8 @@ int run_blk(const Args& args) {
     }
     const platform::BlockOpen request{static_cast<unsigned>(disk), static_cast<unsigned>(qd),
                                       wait_text == Text{"irq"} ? platform::BlockWait::Interrupt
-                                                               : platform::BlockWait::Poll};
+                                                               : platform::BlockWait::Poll,
+                                      event_text == Text{"on"}};
     if (!platform::block_open(request, info, error)) {
         Line line;
         line.put("blk: not measured: ").put(error.text());
@@ -154,7 +163,8 @@ int run_blk(const Args& args) {
     line.put("blk: ").put(mode).put(" bs=").put_bytes(bs).put(" qd=").put_u64(qd).put(" ops=").put_u64(ops);
     line.put(" over ").put_bytes(blocks * bs).put(" of ").put(info.transport).put(" (").put_u64(info.sectors);
     line.put(" sectors, queue ").put_u64(info.queue_size).put(info.read_only ? ", read-only" : "");
-    line.put("), wait=").put(wait_text).put(verify ? ", verify" : "");
+    line.put("), wait=").put(wait_text).put(event_text == Text{"on"} ? ", event_idx" : "");
+    line.put(verify ? ", verify" : "");
     print_line(line);
 
     Slot slots[kMaxDepth];
@@ -217,6 +227,7 @@ int run_blk(const Args& args) {
     }
     const uint64_t ticks = read_ticks() - start;
     const uint64_t interrupts = platform::block_interrupts();
+    const uint64_t kicks = platform::block_kicks();
     platform::block_close();
     platform::release(buffers);
 
@@ -229,7 +240,7 @@ int run_blk(const Args& args) {
     line.clear();
     line.put("blk: ").put_fixed(iops, 0).put(" IOPS, ").put_fixed(mb_per_s, 2).put(" MB/s, latency p50 ");
     line.put_fixed(p50, 1).put(" us, p99 ").put_fixed(p99, 1).put(" us, max ").put_fixed(max, 1).put(" us; ");
-    line.put_u64(interrupts).put(" interrupts");
+    line.put_u64(interrupts).put(" interrupts, ").put_u64(kicks).put(" kicks");
     print_line(line);
     report("blk", "iops", ResultValue::fixed(iops, 0), "IOPS");
     report("blk", "mb_per_s", ResultValue::fixed(mb_per_s, 2), "MB/s");
@@ -239,6 +250,7 @@ int run_blk(const Args& args) {
     report("blk", "ops", ResultValue::whole(ops), "requests");
     report("blk", "io_errors", ResultValue::whole(io_errors), "requests");
     report("blk", "interrupts", ResultValue::whole(interrupts), "interrupts");
+    report("blk", "kicks", ResultValue::whole(kicks), "notifications");
     if (verify) report("blk", "mismatched_sectors", ResultValue::whole(mismatched), "sectors");
     if (io_errors != 0 || mismatched != 0) {
         line.clear();

@@ -87,6 +87,8 @@ struct BlockOpen {
     unsigned disk = 0;
     unsigned queue_depth = 1;
     BlockWait wait = BlockWait::Interrupt;
+    bool event_index =
+        false; // negotiate VIRTIO_F_EVENT_IDX: kicks and interrupts only when the other side asked
 };
 
 struct BlockInfo {
@@ -119,6 +121,8 @@ void block_kick();
 size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks);
 // Interrupts taken from the device since block_open.
 uint64_t block_interrupts();
+// Queue notifications (writes to the notify register) since block_open.
+uint64_t block_kicks();
 // Resets the device (it stops using guest memory).
 void block_close();
 

@@ -245,6 +245,30 @@ TEST_CASE("blk: wait=poll takes no interrupts, wait=irq one or more, both report
     CHECK(value_of(interrupted.report, "interrupts") >= 1);
 }
 
+TEST_CASE("blk: with EVENT_IDX the data still round-trips and kicks stay within one per request",
+          "[kvm][guest][blk]") {
+    for (auto engine : {virtio::IoEngineKind::Sync, virtio::IoEngineKind::IoUring}) {
+        DYNAMIC_SECTION("engine " << virtio::to_string(engine)) {
+            Image image(kImageBytes);
+            const DiskConfig disk{.path = image.path(), .engine = engine};
+            auto written = boot(blk_config("blk mode=write bs=4k qd=4 event_idx=on", {disk}));
+            CHECK(written.report.exit_status == 0);
+            CHECK_THAT(written.console, Catch::Contains("wait=irq, event_idx"));
+            check_figures(written.report, 128);
+            CHECK(value_of(written.report, "kicks") >= 1);
+            CHECK(value_of(written.report, "kicks") <= 128);
+            CHECK(value_of(written.report, "interrupts") >= 1);
+            CHECK(sectors_off_pattern(image.read_all(), kImageBytes / 512) == 0);
+
+            auto read =
+                boot(blk_config("blk mode=randread bs=4k qd=4 ops=64 verify=on event_idx=on", {disk}));
+            CHECK(read.report.exit_status == 0);
+            check_figures(read.report, 64);
+            CHECK(value_of(read.report, "mismatched_sectors") == 0);
+        }
+    }
+}
+
 TEST_CASE("blk: disk=1 drives the second PCI function and leaves the first alone", "[kvm][guest][blk]") {
     Image first(kImageBytes);
     Image second(kImageBytes);

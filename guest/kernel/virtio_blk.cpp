@@ -220,6 +220,7 @@ bool block_open(const BlockOpen& request, BlockInfo& info, Line& error) {
         }
         vector = 0;
     }
+    __builtin_memset(&g_ring, 0, sizeof g_ring); // a device opened before left its indices here
     uint16_t size = 0;
     if (!pci.setup_queue(0, g_ring, kernel::kQueueMaxSize, vector, size, g_driver.notify_address, error)) {
         pci.fail();

@@ -15,6 +15,7 @@ extern char __image_end[];
 extern char vmmlab_isr_stubs[];
 extern char vmmlab_isr_timer[];
 extern char vmmlab_isr_spurious[];
+extern char vmmlab_isr_device[];
 
 [[noreturn]] void vmmlab_guest_main(const vmmlab::abi::BootInfo* info, uint64_t index);
 }
@@ -139,6 +140,7 @@ void build_idt() {
         set_gate(vector, vmmlab_isr_stubs + 16 * vector);
     set_gate(kTimerVector, vmmlab_isr_timer);
     set_gate(kSpuriousVector, vmmlab_isr_spurious);
+    set_gate(kDeviceVector, vmmlab_isr_device);
 }
 
 void load_idt() {

@@ -10,12 +10,21 @@ namespace vmmlab::guest::kernel {
 
 inline constexpr uint8_t kTimerVector = 0x40;
 inline constexpr uint8_t kSpuriousVector = 0xff;
+inline constexpr uint8_t kDeviceVector = 0x41; // MSI-X of the virtio devices (guest/kernel/virtio_blk.cpp)
 
 inline void outb(uint16_t port, uint8_t value) {
     asm volatile("outb %0, %1" ::"a"(value), "Nd"(port) : "memory");
 }
 inline void outl(uint16_t port, uint32_t value) {
     asm volatile("outl %0, %1" ::"a"(value), "Nd"(port) : "memory");
+}
+inline void outw(uint16_t port, uint16_t value) {
+    asm volatile("outw %0, %1" ::"a"(value), "Nd"(port) : "memory");
+}
+inline uint32_t inl(uint16_t port) {
+    uint32_t value;
+    asm volatile("inl %1, %0" : "=a"(value) : "Nd"(port) : "memory");
+    return value;
 }
 inline uint8_t inb(uint16_t port) {
     uint8_t value;

@@ -7,7 +7,8 @@
 // vmmlab_isr_stubs: 256 stubs of 16 bytes, stub N for vector N; each pushes a zero error code where the
 // CPU pushes none, then the vector, and jumps to the common path, which saves the general registers and
 // calls vmmlab_interrupt(frame) (guest/kernel/kernel.cpp) on a 16-byte aligned stack. The LAPIC timer
-// vector and the spurious vector have their own tiny entries instead (they must not touch SSE state).
+// vector, the device (MSI-X) vector and the spurious vector have their own tiny entries instead (they
+// must not touch SSE state).
 asm(R"(
     .pushsection .text.start, "ax", @progbits
     .globl _start
@@ -118,6 +119,23 @@ vmmlab_halt_done:
     cli
     ret
     .size vmmlab_safe_halt, . - vmmlab_safe_halt
+
+    .globl vmmlab_isr_device
+    .type vmmlab_isr_device, @function
+vmmlab_isr_device:                /* a virtio device's MSI-X message: count, EOI, return (as the timer) */
+    push %rax
+    lock incq vmmlab_device_interrupts(%rip)
+    mov vmmlab_apic_eoi(%rip), %rax
+    movl $0, (%rax)
+    lea vmmlab_halt_site(%rip), %rax
+    cmp %rax, 8(%rsp)
+    jne 1f
+    lea vmmlab_halt_done(%rip), %rax
+    mov %rax, 8(%rsp)
+    lock incq vmmlab_halt_shadow_misses(%rip)
+1:  pop %rax
+    iretq
+    .size vmmlab_isr_device, . - vmmlab_isr_device
 
     .globl vmmlab_isr_spurious
     .type vmmlab_isr_spurious, @function

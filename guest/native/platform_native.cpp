@@ -158,4 +158,39 @@ bool ioeventfd_bound() {
     return false;
 }
 
+// No block devices natively: the blk workload measures the guest's virtio-blk path (the monitor's device,
+// its I/O engine and the interrupt route), which has no host-side counterpart here; for the host's own
+// figure on the same image, run fio against the image file.
+bool block_supported() {
+    return false;
+}
+
+bool block_open(const BlockOpen&, BlockInfo&, Line& error) {
+    error.put(
+        "not available natively (vmmlab-native has no virtio disk; run fio on the image for a host figure)");
+    return false;
+}
+
+void block_submit(uint16_t, bool, uint64_t, void*, uint32_t) {
+    fail("block_submit: no block device natively");
+}
+
+void block_kick() {
+}
+
+size_t block_reap(BlockCompletion*, size_t, uint64_t) {
+    fail("block_reap: no block device natively");
+}
+
+uint64_t block_interrupts() {
+    return 0;
+}
+
+uint64_t block_kicks() {
+    return 0;
+}
+
+void block_close() {
+}
+
 } // namespace vmmlab::guest::platform

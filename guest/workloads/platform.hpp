@@ -77,4 +77,53 @@ bool raise_exception(Text type);
 // Whether the ioeventfd bench port is really bound to an ioeventfd (BootInfo flag).
 bool ioeventfd_bound();
 
+// Block devices, for the `blk` workload. The guest drives its virtio-blk PCI functions (1AF4:1042 on bus 0,
+// numbered in slot order; guest/kernel/virtio_blk.cpp); natively there is none (block_open says why).
+// One device is open at a time. Requests are tagged 0..queue_depth-1; a tag is reused only after its
+// completion came back. Buffers are the caller's and must stay put until then.
+enum class BlockWait { Interrupt, Poll };
+
+struct BlockOpen {
+    unsigned disk = 0;
+    unsigned queue_depth = 1;
+    BlockWait wait = BlockWait::Interrupt;
+    bool event_index =
+        false; // negotiate VIRTIO_F_EVENT_IDX: kicks and interrupts only when the other side asked
+};
+
+struct BlockInfo {
+    uint64_t sectors = 0;   // capacity in 512-byte sectors
+    bool read_only = false; // the device offered VIRTIO_BLK_F_RO
+    unsigned max_queue_depth = 0;
+    uint16_t queue_size = 0; // descriptors in the virtqueue
+    Text transport;          // e.g. "virtio-pci 00:01.0"
+};
+
+struct BlockCompletion {
+    uint16_t tag = 0;
+    uint8_t status = 0; // 0 OK, 1 IOERR, 2 UNSUPP (virtio-blk status values)
+};
+
+inline constexpr uint8_t kBlockStatusOk = 0;
+inline constexpr uint8_t kBlockStatusIoError = 1;
+
+// False where there are no block devices at all (natively); block_open's error says why.
+bool block_supported();
+// Finds and initialises the device; false with `error` set (one line) when it cannot.
+bool block_open(const BlockOpen& request, BlockInfo& info, Line& error);
+// Queues a read (write = false) or write of `bytes` (a multiple of 512) at `sector` for `tag`; the device
+// sees it at the next block_kick().
+void block_submit(uint16_t tag, bool write, uint64_t sector, void* buffer, uint32_t bytes);
+void block_kick();
+// Collects finished requests into `out` (at most `capacity`), waiting for at least one: with Interrupt,
+// halted until the device's MSI-X interrupt; with Poll, spinning on the used ring. Panics after
+// `timeout_ticks` without one, naming the device's state.
+size_t block_reap(BlockCompletion* out, size_t capacity, uint64_t timeout_ticks);
+// Interrupts taken from the device since block_open.
+uint64_t block_interrupts();
+// Queue notifications (writes to the notify register) since block_open.
+uint64_t block_kicks();
+// Resets the device (it stops using guest memory).
+void block_close();
+
 } // namespace vmmlab::guest::platform

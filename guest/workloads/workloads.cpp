@@ -11,10 +11,11 @@ struct Workload {
 };
 
 constexpr Workload kWorkloads[] = {
-    {"hello", run_hello},     {"pio", run_exits},    {"pio-ioeventfd", run_exits}, {"mmio", run_exits},
-    {"cpuid", run_exits},     {"vmcall", run_exits}, {"hlt", run_exits},           {"exits", run_exits},
-    {"stream", run_stream},   {"gups", run_gups},    {"latency", run_latency},     {"fault", run_fault},
-    {"cpuinfo", run_cpuinfo}, {"echo", run_echo},
+    {"hello", run_hello},     {"pio", run_exits},       {"pio-ioeventfd", run_exits},
+    {"mmio", run_exits},      {"cpuid", run_exits},     {"vmcall", run_exits},
+    {"hlt", run_exits},       {"exits", run_exits},     {"stream", run_stream},
+    {"gups", run_gups},       {"latency", run_latency}, {"fault", run_fault},
+    {"cpuinfo", run_cpuinfo}, {"echo", run_echo},       {"blk", run_blk},
 };
 
 } // namespace

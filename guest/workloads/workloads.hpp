@@ -56,6 +56,9 @@ int run_exits(const Args& args);   // pio, pio-ioeventfd, mmio, cpuid, vmcall, h
 int run_stream(const Args& args);
 int run_gups(const Args& args);
 int run_latency(const Args& args);
-int run_fault(const Args& args); // fault [type=ud|pf|gp|de|panic]: tests the fault and panic paths
+int run_fault(const Args& args);
+int run_blk(
+    const Args& args); // blk mode=... bs=... qd=...: the guest's virtio-blk disks (guest/workloads/blk.cpp)
+                       // // fault [type=ud|pf|gp|de|panic]: tests the fault and panic paths
 
 } // namespace vmmlab::guest

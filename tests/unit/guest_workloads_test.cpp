@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "guest/workloads/blk.hpp"
+#include "guest/workloads/blk_pattern.hpp"
 #include "guest/workloads/cmdline.hpp"
 #include "guest/workloads/cpu.hpp"
 #include "guest/workloads/gups.hpp"
@@ -193,4 +195,40 @@ TEST_CASE("STREAM kernels compute what the validation expects", "[guest][stream]
     }
     CHECK(stream::bytes_moved(stream::Kernel::Copy, 10) == 160);
     CHECK(stream::bytes_moved(stream::Kernel::Triad, 10) == 240);
+}
+
+TEST_CASE("blk latency histogram: exact below 32, within 3% above, percentiles by rank", "[guest][blk]") {
+    blk::LatencyHistogram small;
+    for (std::uint64_t v = 1; v <= 20; ++v)
+        small.add(v);
+    CHECK(small.percentile(0.5) == 10);
+    CHECK(small.percentile(0.99) == 20);
+    CHECK(small.max() == 20);
+
+    blk::LatencyHistogram wide;
+    CHECK(wide.percentile(0.5) == 0); // empty
+    for (std::uint64_t v = 1; v <= 100000; ++v)
+        wide.add(v * 10);
+    CHECK(wide.max() == 1000000);
+    CHECK(static_cast<double>(wide.percentile(0.5)) == Approx(500000).epsilon(0.03));
+    CHECK(static_cast<double>(wide.percentile(0.99)) == Approx(990000).epsilon(0.03));
+    CHECK(wide.percentile(1.0) <= wide.max());
+
+    blk::LatencyHistogram outlier; // 99 fast requests and one slow one: p99 is fast, the maximum is not
+    for (int i = 0; i < 99; ++i)
+        outlier.add(1000);
+    outlier.add(5000000);
+    CHECK(static_cast<double>(outlier.percentile(0.99)) == Approx(1000).epsilon(0.03));
+    CHECK(outlier.max() == 5000000);
+}
+
+TEST_CASE("blk pattern: every word of a disk differs, and a sector's words name the sector", "[guest][blk]") {
+    std::vector<std::uint64_t> words(4 * blk::kWordsPerSector);
+    blk::fill_pattern(words.data(), 100, 4);
+    CHECK(words[0] == (100 * 64 ^ 0x766d6d6c61620000ULL));
+    CHECK(words[64 + 3] == ((101 * 64 + 3) ^ 0x766d6d6c61620000ULL));
+    std::vector<std::uint64_t> sorted = words;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+    CHECK(blk::pattern_word(0, 0) != 0); // an all-zero (never written) sector does not match
 }

@@ -95,7 +95,7 @@ struct VmConfig {
     IoNotify io_notify = IoNotify::Exit;
     IoIrq io_irq = IoIrq::Userspace;
     bool io_thread = false;
-    std::vector<NetConfig> nets;   // one virtio-net PCI function each, after the disks
+    std::vector<NetConfig> nets; // one virtio-net PCI function each, after the disks
     bool operator==(const VmConfig&) const = default;
 };
 
@@ -135,7 +135,7 @@ std::string to_string(x86::CpuModel model);
 std::string to_string(const DiskConfig& disk); // the text parse_disk reads back
 std::string to_string(IoNotify notify);
 std::string to_string(IoIrq irq);
-std::string to_string(const NetConfig& net);   // the text parse_net reads back
+std::string to_string(const NetConfig& net); // the text parse_net reads back
 
 // The effective configuration, one knob per line, as every run prints it.
 std::string describe(const VmConfig& config);

@@ -137,7 +137,7 @@ void check_image(const std::filesystem::path& path, const std::vector<std::byte>
 } // namespace
 
 TEST_CASE("Linux reads the test's bytes from six disks (sync, threads, io_uring, each with and without "
-          "O_DIRECT) and its writes land byte-exact; a read-only disk refuses writes",
+          "O_DIRECT), its writes land byte-exact, and a read-only disk refuses writes",
           "[kvm][linux][linux-disk]") {
     struct Disk {
         virtio::IoEngineKind engine;

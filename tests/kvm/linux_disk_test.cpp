@@ -149,7 +149,7 @@ TEST_CASE("Linux reads the test's bytes from six disks (sync, threads, io_uring,
                                      {Threads, true, false}, {IoUring, false, false}, {IoUring, true, false},
                                      {IoUring, true, true}};
     TestImages images(disks.size());
-    auto config = linux_config("VMMLAB_TEST_DISK_INITRD", 256ULL << 20);
+    auto config = linux_config("VMMLAB_TEST_DISK_INITRD", 1, 256ULL << 20);
     for (std::size_t i = 0; i < disks.size(); ++i)
         config.disks.push_back({.path = images.paths[i].string(),
                                 .readonly = disks[i].readonly,
@@ -161,8 +161,8 @@ TEST_CASE("Linux reads the test's bytes from six disks (sync, threads, io_uring,
     CHECK(run.report.stop_reason == "the guest powered off (ACPI S5)");
     CHECK_THAT(run.console, Catch::Contains("vmmlab-init: modules: ") && Catch::Contains("virtio_blk"));
     CHECK_THAT(run.console, !Catch::Contains("insmod virtio"));
-    REQUIRE(run.value("disk-checks-done").empty());
-    CHECK(run.value("disks") == std::to_string(disks.size()));
+    REQUIRE(check_value(run, "disk-checks-done").empty());
+    CHECK(check_value(run, "disks") == std::to_string(disks.size()));
     CHECK(run.report.unclaimed_mmio == 0);
 
     std::set<std::string> devices;
@@ -170,25 +170,25 @@ TEST_CASE("Linux reads the test's bytes from six disks (sync, threads, io_uring,
         const std::string serial = serial_of(i);
         INFO(serial << ": engine " << static_cast<int>(disks[i].engine)
                     << (disks[i].direct ? ", O_DIRECT" : "") << (disks[i].readonly ? ", read-only" : ""));
-        devices.insert(run.value("dev." + serial));
-        CHECK(run.value("bytes." + serial) == std::to_string(kImageBytes));
+        devices.insert(check_value(run, "dev." + serial));
+        CHECK(check_value(run, "bytes." + serial) == std::to_string(kImageBytes));
         // What the guest read first is what the test wrote.
-        CHECK(run.value("read-sha256." + serial) == sha256_hex(images.written[i]));
+        CHECK(check_value(run, "read-sha256." + serial) == sha256_hex(images.written[i]));
 
         std::vector<std::byte> expected = images.written[i];
         if (disks[i].readonly) {
-            CHECK(run.value("ro." + serial) == "1");
-            CHECK(run.value("ro-write." + serial) != "0"); // dd failed
+            CHECK(check_value(run, "ro." + serial) == "1");
+            CHECK(check_value(run, "ro-write." + serial) != "0"); // dd failed
         } else {
-            CHECK(run.value("ro." + serial) == "0");
-            CHECK(run.value("write-a." + serial) == "0");
-            CHECK(run.value("write-b." + serial) == "0");
+            CHECK(check_value(run, "ro." + serial) == "0");
+            CHECK(check_value(run, "write-a." + serial) == "0");
+            CHECK(check_value(run, "write-b." + serial) == "0");
             overlay(expected, write_a(i));
             overlay(expected, write_b(i));
         }
         // The guest read its writes back from the device (page cache dropped), and the host's image holds
         // exactly the test's bytes with the guest's where it wrote (the read-only image: unchanged).
-        CHECK(run.value("final-sha256." + serial) == sha256_hex(expected));
+        CHECK(check_value(run, "final-sha256." + serial) == sha256_hex(expected));
         check_image(images.paths[i], expected);
     }
     CHECK(devices.size() == disks.size()); // one /dev/vdX per disk
@@ -258,9 +258,7 @@ TEST_CASE("a guest write whose flush was acknowledged is in the image after kill
     const auto checks = parse_checks(console);
     for (std::size_t i = 0; i < engines.size(); ++i) {
         INFO(engines[i]);
-        auto found = checks.find("durable-write." + serial_of(i));
-        REQUIRE(found != checks.end());
-        CHECK(found->second == "0");
+        CHECK(check_value(checks, "durable-write." + serial_of(i)) == "0");
         std::vector<std::byte> expected = images.written[i];
         overlay(expected, write_a(i));
         check_image(images.paths[i], expected);

@@ -1,6 +1,7 @@
-// Booting Debian's kernel in-process for the Linux device tests (linux_disk_test.cpp, linux_net_test.cpp):
-// the images from the environment, one run with the console captured, and the guest script's
-// "vmmlab-check: KEY VALUE" lines parsed. A missing environment variable fails the test, never skips it.
+// Booting Debian's kernel for the Linux kvm tests (linux_boot_test.cpp, linux_disk_test.cpp,
+// linux_net_test.cpp): the images from the environment, a run in-process with the console captured, and the
+// guest script's "vmmlab-check: KEY VALUE" lines parsed. A missing environment variable fails the test, it
+// never skips it.
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -46,38 +47,40 @@ inline std::multimap<std::string, std::string> parse_checks(const std::string& c
 struct LinuxRun {
     RunReport report;
     std::string console;
-    std::multimap<std::string, std::string> checks;
-
-    // The value of a check the guest script must have printed.
-    std::string value(const std::string& key) const {
-        auto found = checks.find(key);
-        INFO("the guest printed no 'vmmlab-check: " << key << "' line");
-        REQUIRE(found != checks.end());
-        return found->second;
-    }
+    std::multimap<std::string, std::string> checks; // "vmmlab-check: KEY VALUE" lines of the guest script
+    double host_start = 0, host_end = 0;            // the host's clock around the run, seconds since 1970
 };
 
-// A Linux guest on Debian's kernel (VMMLAB_TEST_KERNEL) with the initramfs named by `initrd_variable`.
-inline VmConfig linux_config(const char* initrd_variable, std::uint64_t memory) {
+// A Linux guest on Debian's kernel (VMMLAB_TEST_KERNEL) with the initramfs named by `initrd_variable`, the
+// default command line and `extra_cmdline`.
+inline VmConfig linux_config(const char* initrd_variable, unsigned cpus, std::uint64_t memory,
+                             const std::string& extra_cmdline = {}) {
     VmConfig config;
-    config.cpus = 1;
+    config.cpus = cpus;
     config.memory = memory;
     config.cpu_model = x86::CpuModel::HostPassthrough; // what `vmmlab run --kernel` picks
     config.kernel = required_env("VMMLAB_TEST_KERNEL");
     config.initrd = required_env(initrd_variable);
+    if (!extra_cmdline.empty()) config.kernel_cmdline += " " + extra_cmdline;
     return config;
 }
 
-// Boots `config` to its end (power-off, or `timeout`: then status 124) and leaves the console in the
-// test's output for a red run.
-inline LinuxRun boot_linux(const VmConfig& config, std::chrono::seconds timeout) {
+inline double host_epoch() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Boots `config` to its end (power-off, reboot, or `timeout`: then status 124), with the serial input from
+// `input_fd` (-1: none), and leaves the console in the test's output for a red run.
+inline LinuxRun boot_linux(const VmConfig& config, std::chrono::seconds timeout, int input_fd = -1) {
     LinuxRun run;
     ConsoleOptions console{[&run](std::span<const std::byte> bytes) {
                                run.console.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
                            },
-                           -1};
+                           input_fd};
+    run.host_start = host_epoch();
     Vm vm(config, {}, std::move(console));
     run.report = vm.run(timeout);
+    run.host_end = host_epoch();
     std::printf("--- guest console (%s)\n%s\n--- %s, status %d; unclaimed PIO %llu, MMIO %llu\n",
                 describe(config).c_str(), run.console.c_str(), run.report.stop_reason.c_str(),
                 run.report.exit_status, static_cast<unsigned long long>(run.report.unclaimed_pio),
@@ -85,6 +88,29 @@ inline LinuxRun boot_linux(const VmConfig& config, std::chrono::seconds timeout)
     std::fflush(stdout);
     run.checks = parse_checks(run.console);
     return run;
+}
+
+// The value of a check the guest script must have printed.
+inline std::string check_value(const std::multimap<std::string, std::string>& checks,
+                               const std::string& key) {
+    auto found = checks.find(key);
+    INFO("the guest printed no 'vmmlab-check: " << key << "' line");
+    REQUIRE(found != checks.end());
+    return found->second;
+}
+inline std::string check_value(const LinuxRun& run, const std::string& key) {
+    return check_value(run.checks, key);
+}
+
+// A check's value as a number (the whole value must be one).
+inline double check_number(const LinuxRun& run, const std::string& key) {
+    const std::string text = check_value(run, key);
+    INFO(key << " = '" << text << "'");
+    std::size_t used = 0;
+    double value = 0;
+    REQUIRE_NOTHROW(value = std::stod(text, &used));
+    REQUIRE(used == text.size());
+    return value;
 }
 
 } // namespace vmmlab::test

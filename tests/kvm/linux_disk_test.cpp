@@ -194,53 +194,28 @@ TEST_CASE("Linux reads the test's bytes from six disks (sync, threads, io_uring,
     CHECK(devices.size() == disks.size()); // one /dev/vdX per disk
 }
 
-#ifndef VMMLAB_BINARY
-#error "tests/CMakeLists.txt defines VMMLAB_BINARY: the path of the vmmlab program"
-#endif
-
 TEST_CASE("a guest write whose flush was acknowledged is in the image after kill -9 of vmmlab run "
           "(sync, threads and io_uring with O_DIRECT)",
           "[kvm][linux][linux-disk]") {
     const std::vector<std::string> engines = {"engine=sync", "engine=threads", "engine=uring,direct=on"};
     TestImages images(engines.size());
-    std::vector<std::string> arguments = {
-        VMMLAB_BINARY,     "run",
-        "--kernel",        required_env("VMMLAB_TEST_KERNEL"),
-        "--initrd",        required_env("VMMLAB_TEST_DISK_INITRD"),
-        "--cmdline",       "console=ttyS0 reboot=acpi panic=-1 vmmlab_check.mode=durability",
-        "--memory",        "256M",
-        "--console-input", "none",
-        "--timeout",       std::to_string(kRunTimeout.count())};
+    auto arguments = vmmlab_run_linux("VMMLAB_TEST_DISK_INITRD", "vmmlab_check.mode=durability", kRunTimeout);
     for (std::size_t i = 0; i < engines.size(); ++i) {
         arguments.push_back("--disk");
         arguments.push_back(fmt::format("path={},{}", images.paths[i].string(), engines[i]));
     }
 
-    int pipe_fds[2];
-    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        ::dup2(pipe_fds[1], STDOUT_FILENO); // the guest's console; vmmlab's log stays on stderr
-        std::vector<char*> argv;
-        for (auto& argument : arguments)
-            argv.push_back(argument.data());
-        argv.push_back(nullptr);
-        ::execv(argv[0], argv.data());
-        std::perror("execv " VMMLAB_BINARY);
-        ::_exit(127);
-    }
-    ::close(pipe_fds[1]);
+    auto [child, console_pipe] = spawn_with_console(arguments);
 
     // The console until the guest says its writes were flushed; then kill -9 at once.
     std::string console;
     bool written = false;
     const auto deadline = std::chrono::steady_clock::now() + kRunTimeout;
     while (!written && std::chrono::steady_clock::now() < deadline) {
-        pollfd poll_fd{pipe_fds[0], POLLIN, 0};
+        pollfd poll_fd{console_pipe.get(), POLLIN, 0};
         if (::poll(&poll_fd, 1, 1000) <= 0) continue;
         char buffer[4096];
-        const ssize_t got = ::read(pipe_fds[0], buffer, sizeof buffer);
+        const ssize_t got = ::read(console_pipe.get(), buffer, sizeof buffer);
         if (got <= 0) break; // vmmlab ended before the marker
         console.append(buffer, static_cast<std::size_t>(got));
         written = console.find("vmmlab-check: durable-written") != std::string::npos;
@@ -248,7 +223,6 @@ TEST_CASE("a guest write whose flush was acknowledged is in the image after kill
     ::kill(child, SIGKILL);
     int status = 0;
     REQUIRE(::waitpid(child, &status, 0) == child);
-    ::close(pipe_fds[0]);
     std::printf("--- guest console (vmmlab run, killed)\n%s\n---\n", console.c_str());
     std::fflush(stdout);
 

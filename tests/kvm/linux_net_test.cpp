@@ -38,10 +38,6 @@
 using namespace vmmlab;
 using namespace vmmlab::test;
 
-#ifndef VMMLAB_BINARY
-#error "tests/CMakeLists.txt defines VMMLAB_BINARY: the path of the vmmlab program"
-#endif
-
 namespace {
 constexpr auto kRunTimeout = std::chrono::seconds(240); // nested boots take 20-60 s; a wedged one must fail
 constexpr const char* kTap = "vmmlabt0";                // only inside the test's namespace
@@ -129,26 +125,6 @@ UniqueFd listen_on(const char* address, std::uint16_t port) {
     return socket_fd;
 }
 
-// Forks and runs `arguments` with stdout into a pipe; returns the child and the pipe's read end.
-std::pair<pid_t, UniqueFd> spawn(std::vector<std::string> arguments) {
-    int pipe_fds[2];
-    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        ::dup2(pipe_fds[1], STDOUT_FILENO); // the guest's console; vmmlab's log stays on stderr
-        std::vector<char*> argv;
-        for (auto& argument : arguments)
-            argv.push_back(argument.data());
-        argv.push_back(nullptr);
-        ::execv(argv[0], argv.data());
-        std::perror("execv");
-        ::_exit(127);
-    }
-    ::close(pipe_fds[1]);
-    return {child, UniqueFd(pipe_fds[0])};
-}
-
 // The host side's TCP peer: accepts one connection, echoes every byte back as it arrives, and after
 // kPayloadBytes closes its sending half. Driven by the test's poll loop, never blocks.
 struct EchoPeer {
@@ -194,59 +170,46 @@ struct EchoPeer {
 TEST_CASE("Linux takes an address on a tap in the test's network namespace and exchanges 1 MiB over TCP "
           "with a peer on the host side, byte-exact both ways",
           "[kvm][linux][linux-net]") {
-    std::vector<std::string> arguments = {
-        VMMLAB_BINARY,
-        "run",
-        "--kernel",
-        required_env("VMMLAB_TEST_KERNEL"),
-        "--initrd",
-        required_env("VMMLAB_TEST_NET_INITRD"),
-        "--cmdline",
+    auto arguments = vmmlab_run_linux(
+        "VMMLAB_TEST_NET_INITRD",
         fmt::format(
-            "console=ttyS0 reboot=acpi panic=-1 vmmlab_net.mac={} vmmlab_net.addr={} vmmlab_net.peer={} "
-            "vmmlab_net.port={} vmmlab_net.bytes={}",
+            "vmmlab_net.mac={} vmmlab_net.addr={} vmmlab_net.peer={} vmmlab_net.port={} vmmlab_net.bytes={}",
             kGuestMac, kGuestAddress, kHostAddress, kPort, kPayloadBytes),
-        "--memory",
-        "256M",
-        "--console-input",
-        "none",
-        "--timeout",
-        std::to_string(kRunTimeout.count()),
-        "--net",
-        fmt::format("tap={},mac={}", kTap, kGuestMac)};
+        kRunTimeout);
+    arguments.push_back("--net");
+    arguments.push_back(fmt::format("tap={},mac={}", kTap, kGuestMac));
 
     EchoPeer peer;
-    pid_t child = -1;
-    UniqueFd console_pipe;
+    ConsoleChild vmmlab;
     {
         PrivateNetNamespace namespace_of_test; // the tap, the peer's socket and vmmlab live in it
         make_tap(kTap, kHostAddress);
         peer.listener = listen_on(kHostAddress, kPort);
-        std::tie(child, console_pipe) = spawn(arguments);
+        vmmlab = spawn_with_console(arguments);
     }
 
     std::string console;
     const auto deadline = std::chrono::steady_clock::now() + kRunTimeout + std::chrono::seconds(30);
-    while (console_pipe.get() >= 0 && std::chrono::steady_clock::now() < deadline) {
-        std::vector<pollfd> fds = {{console_pipe.get(), POLLIN, 0}, {peer.listener.get(), POLLIN, 0}};
+    while (vmmlab.console.get() >= 0 && std::chrono::steady_clock::now() < deadline) {
+        std::vector<pollfd> fds = {{vmmlab.console.get(), POLLIN, 0}, {peer.listener.get(), POLLIN, 0}};
         if (peer.connection.get() >= 0)
             fds.push_back(
                 {peer.connection.get(), static_cast<short>(POLLIN | (peer.unsent.empty() ? 0 : POLLOUT)), 0});
         if (::poll(fds.data(), fds.size(), 1000) <= 0) continue;
         if (fds[0].revents != 0) {
             char buffer[4096];
-            const ssize_t got = ::read(console_pipe.get(), buffer, sizeof buffer);
+            const ssize_t got = ::read(vmmlab.console.get(), buffer, sizeof buffer);
             if (got <= 0)
-                console_pipe = UniqueFd{}; // vmmlab ended
+                vmmlab.console = UniqueFd{}; // vmmlab ended
             else
                 console.append(buffer, static_cast<std::size_t>(got));
         }
         if (fds[1].revents != 0) peer.on_listener();
         if (fds.size() > 2 && fds[2].revents != 0) peer.on_connection();
     }
-    if (console_pipe.get() >= 0) ::kill(child, SIGKILL); // past the deadline
+    if (vmmlab.console.get() >= 0) ::kill(vmmlab.pid, SIGKILL); // past the deadline
     int status = 0;
-    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(::waitpid(vmmlab.pid, &status, 0) == vmmlab.pid);
     std::printf(
         "--- guest console (vmmlab run --net)\n%s\n--- vmmlab status %d; peer received %zu bytes%s%s\n",
         console.c_str(), WIFEXITED(status) ? WEXITSTATUS(status) : -1, peer.received.size(),

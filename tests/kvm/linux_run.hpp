@@ -12,7 +12,13 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include <fcntl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "base/unique_fd.hpp"
 #include "config/vm_config.hpp"
 #include "vm/vm.hpp"
 
@@ -111,6 +117,50 @@ inline double check_number(const LinuxRun& run, const std::string& key) {
     REQUIRE_NOTHROW(value = std::stod(text, &used));
     REQUIRE(used == text.size());
     return value;
+}
+
+#ifndef VMMLAB_BINARY
+#error "tests/CMakeLists.txt defines VMMLAB_BINARY: the path of the vmmlab program"
+#endif
+
+// The arguments of `vmmlab run` (the program built beside the tests) for Debian's kernel with the initramfs
+// named by `initrd_variable`, 256 MiB, the default command line and `extra_cmdline`, no console input, and
+// `timeout`; the caller adds the devices.
+inline std::vector<std::string> vmmlab_run_linux(const char* initrd_variable,
+                                                 const std::string& extra_cmdline,
+                                                 std::chrono::seconds timeout) {
+    return {VMMLAB_BINARY,     "run",
+            "--kernel",        required_env("VMMLAB_TEST_KERNEL"),
+            "--initrd",        required_env(initrd_variable),
+            "--cmdline",       std::string(kDefaultKernelCmdline) + " " + extra_cmdline,
+            "--memory",        "256M",
+            "--console-input", "none",
+            "--timeout",       std::to_string(timeout.count())};
+}
+
+// A child process running `arguments` (argv[0] a path) with its stdout, the guest's console, into a pipe;
+// vmmlab's log stays on the test's stderr.
+struct ConsoleChild {
+    pid_t pid = -1;
+    UniqueFd console; // the pipe's read end
+};
+inline ConsoleChild spawn_with_console(std::vector<std::string> arguments) {
+    int pipe_fds[2];
+    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::dup2(pipe_fds[1], STDOUT_FILENO);
+        std::vector<char*> argv;
+        for (auto& argument : arguments)
+            argv.push_back(argument.data());
+        argv.push_back(nullptr);
+        ::execv(argv[0], argv.data());
+        std::perror(argv[0]);
+        ::_exit(127);
+    }
+    ::close(pipe_fds[1]);
+    return {child, UniqueFd(pipe_fds[0])};
 }
 
 } // namespace vmmlab::test

@@ -132,12 +132,14 @@ struct EchoPeer {
     std::vector<std::byte> received;
     std::vector<std::byte> unsent; // received, not yet echoed
     bool finished = false;         // everything echoed and the sending half closed
+    bool guest_closed = false;     // the guest closed its sending half
     std::string error;
 
-    void on_listener() {
-        if (connection.get() >= 0) return;
+    void on_listener() { // one connection: the listener closes once it is accepted (poll ignores fd -1)
         connection = UniqueFd(::accept4(listener.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (connection.get() < 0 && errno != EAGAIN) error = errno_text("accept");
+        if (connection.get() < 0 && errno == EAGAIN) return;
+        if (connection.get() < 0) error = errno_text("accept");
+        listener = UniqueFd{};
     }
     void on_connection() {
         std::byte buffer[65536];
@@ -148,8 +150,9 @@ struct EchoPeer {
                 unsent.insert(unsent.end(), buffer, buffer + got);
                 continue;
             }
+            if (got == 0) guest_closed = true;
             if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) error = errno_text("read from the guest");
-            break; // EAGAIN, or the guest closed its sending half (got == 0)
+            break;
         }
         while (!unsent.empty()) {
             const ssize_t sent = ::write(connection.get(), unsent.data(), unsent.size());
@@ -163,6 +166,8 @@ struct EchoPeer {
             ::shutdown(connection.get(), SHUT_WR); // the guest's nc ends on this
             finished = true;
         }
+        // Done with it (else poll would report the end of the stream again and again).
+        if ((guest_closed && unsent.empty()) || !error.empty()) connection = UniqueFd{};
     }
 };
 } // namespace

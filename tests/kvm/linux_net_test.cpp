@@ -1,14 +1,16 @@
 // virtio-net under the stock Debian kernel: in a network namespace the test makes (nothing outside it sees
-// the traffic), a tap with an address on the host side, `vmmlab run --net tap=NAME,mac=MAC` on it; the
-// guest finds its interface by the MAC, takes an address, and sends 1 MiB of random bytes over TCP to a
-// peer of the test, which echoes them back; both directions are checked byte-exact (SHA-256 of what the
-// guest sent, of what the peer received, of what the guest got back).
+// the traffic), a tap with an address on the host side, `vmmlab run --net tap=NAME,mac=MAC,vhost=off|on` on
+// it; the guest finds its interface by the MAC, takes an address, and sends 1 MiB of random bytes over TCP
+// to a peer of the test, which echoes them back; both directions are checked byte-exact (SHA-256 of what
+// the guest sent, of what the peer received, of what the guest got back), with the userspace backend and
+// with vhost-net.
 //
 // From the environment (tools/test exports them):
 //   VMMLAB_TEST_KERNEL      Debian's vmlinuz (tools/debian-kernel --vmlinuz)
 //   VMMLAB_TEST_NET_INITRD  tools/mkinitramfs --boot-marker --modules debian --module virtio_pci
 //                           --module virtio_net --script tests/kvm/linux_net_checks.sh
-// A missing variable fails the test. Needs CAP_NET_ADMIN and /dev/net/tun (the sandbox has both).
+// A missing variable fails the test. Needs CAP_NET_ADMIN, /dev/net/tun and /dev/vhost-net (the sandbox has
+// all three).
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <csignal>
@@ -175,6 +177,9 @@ struct EchoPeer {
 TEST_CASE("Linux takes an address on a tap in the test's network namespace and exchanges 1 MiB over TCP "
           "with a peer on the host side, byte-exact both ways",
           "[kvm][linux][linux-net]") {
+    // The userspace backend, and vhost-net (the kernel moves the packets; needs /dev/vhost-net).
+    const std::string vhost = GENERATE(as<std::string>{}, "off", "on");
+    CAPTURE(vhost);
     auto arguments = vmmlab_run_linux(
         "VMMLAB_TEST_NET_INITRD",
         fmt::format(
@@ -182,7 +187,7 @@ TEST_CASE("Linux takes an address on a tap in the test's network namespace and e
             kGuestMac, kGuestAddress, kHostAddress, kPort, kPayloadBytes),
         kRunTimeout);
     arguments.push_back("--net");
-    arguments.push_back(fmt::format("tap={},mac={}", kTap, kGuestMac));
+    arguments.push_back(fmt::format("tap={},mac={},vhost={}", kTap, kGuestMac, vhost));
 
     EchoPeer peer;
     ConsoleChild vmmlab;
@@ -215,10 +220,10 @@ TEST_CASE("Linux takes an address on a tap in the test's network namespace and e
     if (vmmlab.console.get() >= 0) ::kill(vmmlab.pid, SIGKILL); // past the deadline
     int status = 0;
     REQUIRE(::waitpid(vmmlab.pid, &status, 0) == vmmlab.pid);
-    std::printf(
-        "--- guest console (vmmlab run --net)\n%s\n--- vmmlab status %d; peer received %zu bytes%s%s\n",
-        console.c_str(), WIFEXITED(status) ? WEXITSTATUS(status) : -1, peer.received.size(),
-        peer.error.empty() ? "" : ", error: ", peer.error.c_str());
+    std::printf("--- guest console (vmmlab run --net, vhost=%s)\n%s\n--- vmmlab status %d; peer received %zu "
+                "bytes%s%s\n",
+                vhost.c_str(), console.c_str(), WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                peer.received.size(), peer.error.empty() ? "" : ", error: ", peer.error.c_str());
     std::fflush(stdout);
 
     const auto checks = parse_checks(console);

@@ -124,6 +124,25 @@ std::uint64_t VirtioPciTransport::bar_address() const {
     return space_.bar_address(0);
 }
 
+void VirtioPciTransport::set_notify_hook(std::function<void(std::uint16_t)> hook) {
+    std::lock_guard lock(mutex_);
+    notify_hook_ = std::move(hook);
+}
+
+void VirtioPciTransport::set_kick_fds(std::vector<int> fds) {
+    std::lock_guard lock(mutex_);
+    kick_fds_ = std::move(fds);
+}
+
+bool VirtioPciTransport::kick(std::uint16_t queue) {
+    {
+        std::lock_guard lock(mutex_);
+        if (queue >= queue_count_ || !activated_ || !queues_[queue].enabled) return false;
+    }
+    device_.notify(queue); // unlocked, as from the MMIO write: the device may signal at once
+    return true;
+}
+
 std::uint8_t VirtioPciTransport::device_status() const {
     std::lock_guard lock(mutex_);
     std::lock_guard interrupt_lock(interrupt_mutex_);
@@ -261,7 +280,9 @@ void VirtioPciTransport::bar_write(std::uint64_t offset, std::span<const std::by
                offset < kNotifyOffset + std::uint64_t{queue_count_} * kNotifyMultiplier) {
         const auto queue = static_cast<std::uint16_t>((offset - kNotifyOffset) / kNotifyMultiplier);
         const bool running = activated_ && queues_[queue].enabled;
-        if (running) {
+        if (running && notify_hook_) {
+            notify_hook_(queue); // with the register mutex held: the hook only wakes a thread
+        } else if (running) {
             lock.unlock(); // the device may process the queue and signal at once
             device_.notify(queue);
             lock.lock();
@@ -288,15 +309,20 @@ void VirtioPciTransport::msix_table_access(std::uint64_t offset, std::span<std::
     auto& entry = msix_table_[vector];
     const std::size_t first = (offset % 16) / 4;
     const std::size_t count = data.size() / 4;
+    bool message_changed = false;
     for (std::size_t i = 0; i < count; ++i) {
         if (written != nullptr) {
             std::uint32_t value;
             std::memcpy(&value, written + 4 * i, 4);
+            if (first + i != 3 && entry[first + i] != value) message_changed = true;
             entry[first + i] = first + i == 3 ? (value & kMsixEntryMasked) : value;
         } else {
             std::memcpy(data.data() + 4 * i, &entry[first + i], 4);
         }
     }
+    if (message_changed)
+        msi_.message_changed(static_cast<std::uint16_t>(vector),
+                             {std::uint64_t{entry[0]} | std::uint64_t{entry[1]} << 32, entry[2]});
     if (written != nullptr) deliver_pending_locked();
 }
 
@@ -447,7 +473,16 @@ void VirtioPciTransport::activate_locked() {
         queues[i] = std::move(*queue);
     }
     if (!failed) {
-        auto activated = device_.activate(Activation{memory_, driver_features_, std::move(queues), *this});
+        std::vector<int> kick_fds(queue_count_, -1), call_fds(queue_count_, -1);
+        for (std::uint16_t i = 0; i < queue_count_ && i < kick_fds_.size(); ++i)
+            kick_fds[i] = kick_fds_[i];
+        {
+            std::lock_guard interrupt_lock(interrupt_mutex_);
+            for (std::uint16_t i = 0; i < queue_count_ && msix_enable_; ++i)
+                if (queue_vectors_[i] < vectors_) call_fds[i] = msi_.vector_event_fd(queue_vectors_[i]);
+        }
+        auto activated = device_.activate(Activation{memory_, driver_features_, std::move(queues), *this,
+                                                     std::move(kick_fds), std::move(call_fds)});
         if (activated) {
             activated_ = true;
             return;

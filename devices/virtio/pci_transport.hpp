@@ -29,6 +29,11 @@
 // command register's INTx-disable bit). A vector written to config_msix_vector / queue_msix_vector that
 // the table does not have reads back as NO_VECTOR.
 //
+// I/O path: a notify write runs device.notify(q) on the vCPU thread, or only calls the notify hook (the
+// device's I/O thread then calls kick(q)); with ioeventfds the kernel signals an eventfd instead and
+// the write never reaches this object. MSI-X table changes are passed to MsiSink::message_changed so an
+// irqfd route is current before the kernel itself signals the vector.
+//
 // Threads: guest accesses (vCPU threads) and DeviceSignals calls (any thread) may race; a mutex guards
 // the registers and a separate leaf mutex the interrupt state. The device's activate/reset are called
 // with the register mutex held, notify() without any lock; MsiSink and InterruptLine are called with the
@@ -38,6 +43,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <string>
@@ -56,11 +62,17 @@ struct MsiMessage {
     std::uint32_t data;
 };
 
-// Where MSI-X messages go: KVM_SIGNAL_MSI, or an irqfd routed for `vector`, or a test's recorder.
+// Where MSI-X messages go: KVM_SIGNAL_MSI, or an irqfd routed for `vector`, or a test's recorder. The
+// transport calls every method with its interrupt mutex held.
 class MsiSink {
 public:
     virtual ~MsiSink() = default;
     virtual void deliver(std::uint16_t vector, const MsiMessage& message) = 0;
+    // The guest changed `vector`'s MSI-X table entry (its address or data): a sink that routes vectors
+    // (irqfd) updates the route now, before anything (vhost in the kernel) signals the vector directly.
+    virtual void message_changed(std::uint16_t /*vector*/, const MsiMessage& /*message*/) {}
+    // An eventfd that injects `vector` when written, or -1 (Activation::call_fds).
+    virtual int vector_event_fd(std::uint16_t /*vector*/) const { return -1; }
 };
 
 class VirtioPciTransport final : public Device, public devices::PciFunction, private DeviceSignals {
@@ -100,6 +112,18 @@ public:
         return bar_address() + kNotifyOffset + std::uint64_t{kNotifyMultiplier} * queue;
     }
     std::uint8_t device_status() const;
+
+    // The I/O path (set before the guest runs). With a notify hook, a guest's MMIO write to a running
+    // queue's notify address calls hook(queue) (e.g. waking the device's I/O thread, which then calls
+    // kick(queue)) instead of the device's notify() on the writing vCPU thread.
+    void set_notify_hook(std::function<void(std::uint16_t queue)> hook);
+    // The eventfds KVM signals for each queue's kick (ioeventfd on notify_address(q)), for
+    // Activation::kick_fds; -1 or a shorter list where there are none.
+    void set_kick_fds(std::vector<int> fds);
+    // A kick of `queue` that did not come through the MMIO notify write (an ioeventfd, or the notify
+    // hook): the device's notify(queue) when the device is activated and the queue enabled, exactly as
+    // the MMIO write would; otherwise nothing. Returns whether the device was notified.
+    bool kick(std::uint16_t queue);
     std::uint16_t vector_count() const { return vectors_; }
     // Counts of what the guest did wrong (accesses ignored), for statistics.
     std::uint64_t ignored_accesses() const;
@@ -159,6 +183,8 @@ private:
     std::uint16_t queue_select_ = 0;
     std::vector<QueueRegisters> queues_;
     bool activated_ = false;
+    std::function<void(std::uint16_t)> notify_hook_;
+    std::vector<int> kick_fds_;
     std::uint64_t ignored_ = 0;
 
     mutable std::mutex interrupt_mutex_; // interrupt state below

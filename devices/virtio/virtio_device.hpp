@@ -53,6 +53,12 @@ struct Activation {
     std::uint64_t features;        // negotiated: offered by the device and accepted by the driver
     std::vector<Virtqueue> queues; // one per queue the device offers; inactive where not enabled
     DeviceSignals& signals;
+    // Per queue, for a device that hands its queues to the kernel (vhost); -1 where the VM has none:
+    // kick_fds[q]: the eventfd KVM signals when the guest kicks q (--io-notify ioeventfd);
+    // call_fds[q]: an eventfd that injects q's MSI-X vector when written (--io-irq irqfd, MSI-X enabled
+    // and q given a vector). Both stay owned by the transport's VM; empty lists mean all -1.
+    std::vector<int> kick_fds{};
+    std::vector<int> call_fds{};
 };
 
 class VirtioDevice {
@@ -77,6 +83,9 @@ public:
     virtual void notify(std::uint16_t queue) = 0;
     // Back to the state before activate(); waits for requests in flight.
     virtual void reset() = 0;
+    // True for a device that reads its queues' kick eventfds itself (vhost-net hands them to the kernel):
+    // then the VM's I/O thread must not poll them.
+    virtual bool consumes_kicks() const { return false; }
 };
 
 } // namespace vmmlab::virtio

@@ -370,3 +370,21 @@ TEST_CASE("acpi: the DSDT's PCI root bridge declares bus 0, the 0xCF8 ports and 
     config.pci_mmio_base = 0xc0000000;
     CHECK(contains(legacy_devices_aml(config), bytes_of({0x00, 0x00, 0x00, 0xc0, 0xff, 0xff, 0xff, 0xcf})));
 }
+
+TEST_CASE("acpi: the PCI root bridge's _PRT routes INTA of slots 1-8 to GSIs 16-23", "[acpi]") {
+    AcpiConfig config;
+    const auto aml = legacy_devices_aml(config);
+    // Name (_PRT, Package (8) { Package (4) { 0x0001FFFF, Zero, Zero, 16 }, ... }).
+    CHECK(contains(aml, bytes_of({0x08, '_', 'P', 'R', 'T', 0x12})));
+    for (std::uint8_t slot = 1; slot <= 8; ++slot)
+        CHECK(contains(aml, bytes_of({0x12, 0x0e, 0x04, 0x0c, 0xff, 0xff, slot, 0x00, 0x00, 0x00, 0x0c,
+                                      static_cast<std::uint8_t>(15 + slot), 0x00, 0x00, 0x00})));
+    CHECK_FALSE(contains(aml, bytes_of({0x0c, 0xff, 0xff, 0x09, 0x00})));
+    REQUIRE(build_acpi_tables(GuestAddress{kAcpiTablesAddress}, config));
+
+    config.pci_intx_slots = 0;
+    CHECK_FALSE(contains(legacy_devices_aml(config), bytes_of({'_', 'P', 'R', 'T'})));
+    config.pci_intx_slots = 9;
+    CHECK(build_acpi_tables(GuestAddress{kAcpiTablesAddress}, config).error() ==
+          "ACPI: INTx of 9 PCI slots from GSI 16 does not fit the IO-APIC's 24 pins");
+}

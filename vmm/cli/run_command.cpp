@@ -56,6 +56,13 @@ void add_knob_flags(CLI::App& command, KnobFlags& flags) {
     command.add_option("--cpu-model", flags.cpu_model, "host (host topology and caches) or minimal");
     command.add_option("--guest-cmdline", flags.guest_cmdline,
                        "the guest's command line: workload and options");
+    command.add_option(
+        "--io-notify", flags.io_notify,
+        "virtio queue kicks: exit (MMIO exit to userspace) or ioeventfd (needs --io-thread on)");
+    command.add_option("--io-irq", flags.io_irq,
+                       "virtio interrupts: userspace (KVM_SIGNAL_MSI) or irqfd (GSI routes and irqfds)");
+    command.add_option("--io-thread", flags.io_thread,
+                       "virtio device work: off (on the vCPU thread) or on (a thread per device)");
 }
 
 void add_linux_flags(CLI::App& command, KnobFlags& flags) {
@@ -106,6 +113,9 @@ std::expected<VmConfig, std::string> build_config(const KnobFlags& flags, unsign
     set("disable_exits", flags.disable_exits);
     set("cpu_model", flags.cpu_model);
     set("guest_cmdline", flags.guest_cmdline);
+    set("io_notify", flags.io_notify);
+    set("io_irq", flags.io_irq);
+    set("io_thread", flags.io_thread);
     set("kernel", flags.kernel);
     set("initrd", flags.initrd);
     if (flags.kernel_cmdline) overrides["kernel_cmdline"] = *flags.kernel_cmdline;

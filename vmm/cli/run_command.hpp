@@ -20,6 +20,7 @@ struct KnobFlags {
     std::string config_file;
     unsigned cpus = 0;
     std::string memory, backing, guest_page, pin, halt_poll, disable_exits, cpu_model, guest_cmdline;
+    std::string io_notify, io_irq, io_thread;
     bool prefault = false, no_prefault = false;
     // The Linux guest (`run` only): bzImage and initrd paths, and the kernel command line, which may be
     // given as an empty string.

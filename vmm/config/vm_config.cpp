@@ -181,6 +181,32 @@ std::string to_string(const DiskConfig& disk) {
                        disk.direct ? "on" : "off", engine);
 }
 
+std::expected<IoNotify, std::string> parse_io_notify(std::string_view text) {
+    if (text == "exit") return IoNotify::Exit;
+    if (text == "ioeventfd") return IoNotify::Ioeventfd;
+    return unexpected(fmt::format("'{}' is not a notification path (exit, ioeventfd)", text));
+}
+
+std::expected<IoIrq, std::string> parse_io_irq(std::string_view text) {
+    if (text == "userspace") return IoIrq::Userspace;
+    if (text == "irqfd") return IoIrq::Irqfd;
+    return unexpected(fmt::format("'{}' is not an interrupt path (userspace, irqfd)", text));
+}
+
+std::expected<bool, std::string> parse_io_thread(std::string_view text) {
+    if (text == "on") return true;
+    if (text == "off") return false;
+    return unexpected(fmt::format("'{}' is not on or off", text));
+}
+
+std::string to_string(IoNotify notify) {
+    return notify == IoNotify::Ioeventfd ? "ioeventfd" : "exit";
+}
+
+std::string to_string(IoIrq irq) {
+    return irq == IoIrq::Irqfd ? "irqfd" : "userspace";
+}
+
 std::string to_string(PageSize size) {
     switch (size) {
     case PageSize::k2M:
@@ -233,6 +259,11 @@ std::expected<VmConfig, std::string> profile_config(std::string_view name, unsig
     config.backing = Backing::Thp;
     config.prefault = true;
     config.guest_page = PageSize::k2M;
+    // The virtio I/O path without userspace on the way: kicks by ioeventfd, interrupts by irqfd, the
+    // device's work on its own thread.
+    config.io_notify = IoNotify::Ioeventfd;
+    config.io_irq = IoIrq::Irqfd;
+    config.io_thread = true;
     for (unsigned i = 0; i < cpus; ++i)
         config.pin.push_back(host_cpus == 0 ? i : i % host_cpus);
     return config;
@@ -300,6 +331,19 @@ std::expected<VmConfig, std::string> apply_json(VmConfig config, const nlohmann:
             auto exits = parse_disabled_exits(text);
             if (!exits) return fail(exits.error());
             config.disable_exits = *exits;
+        } else if (key == "io_notify") {
+            auto notify = parse_io_notify(text);
+            if (!notify) return fail(notify.error());
+            config.io_notify = *notify;
+        } else if (key == "io_irq") {
+            auto irq = parse_io_irq(text);
+            if (!irq) return fail(irq.error());
+            config.io_irq = *irq;
+        } else if (key == "io_thread") {
+            auto thread = value.is_boolean() ? std::expected<bool, std::string>(value.get<bool>())
+                                             : parse_io_thread(text);
+            if (!thread) return fail(thread.error());
+            config.io_thread = *thread;
         } else if (key == "cpu_model") {
             auto model = parse_cpu_model(text);
             if (!model) return fail(model.error());
@@ -370,6 +414,9 @@ nlohmann::json to_json(const VmConfig& config) {
         {"initrd", config.initrd},
         {"kernel_cmdline", config.kernel_cmdline},
         {"disks", disks},
+        {"io_notify", to_string(config.io_notify)},
+        {"io_irq", to_string(config.io_irq)},
+        {"io_thread", config.io_thread ? "on" : "off"},
     };
 }
 
@@ -387,6 +434,8 @@ std::expected<void, std::string> validate(const VmConfig& config, bool host_has_
             "host CPU");
     if (config.guest_page == PageSize::k1G && !host_has_pdpe1gb)
         return unexpected("guest-page: 1g needs 1 GiB page support (pdpe1gb), which this CPU lacks");
+    if (config.io_notify == IoNotify::Ioeventfd && !config.io_thread)
+        return unexpected("io-notify: ioeventfd needs --io-thread on (the I/O thread reads the eventfds)");
     if (!config.boots_linux() && !config.initrd.empty())
         return unexpected("initrd: needs a kernel to go with it (--kernel)");
     if (!config.boots_linux() && config.kernel_cmdline != kDefaultKernelCmdline)
@@ -406,11 +455,13 @@ std::string describe(const VmConfig& config) {
     for (const auto& disk : config.disks)
         guest += fmt::format(" | disk {}", to_string(disk));
     return fmt::format("profile {} | cpus {} | memory {} MiB | backing {}{} | guest-page {} | pin {} | "
-                       "halt-poll {} | disable-exits {} | cpu-model {} | {}",
+                       "halt-poll {} | disable-exits {} | cpu-model {} | io-notify {} | io-irq {} | "
+                       "io-thread {} | {}",
                        config.profile, config.cpus, config.memory >> 20, to_string(config.backing),
                        config.prefault ? " (prefault)" : "", to_string(config.guest_page), pin,
                        to_string(config.halt_poll), to_string(config.disable_exits),
-                       to_string(config.cpu_model), guest);
+                       to_string(config.cpu_model), to_string(config.io_notify), to_string(config.io_irq),
+                       config.io_thread ? "on" : "off", guest);
 }
 
 } // namespace vmmlab

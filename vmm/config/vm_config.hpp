@@ -49,6 +49,13 @@ struct DiskConfig {
     bool operator==(const DiskConfig&) const = default;
 };
 
+// The virtio devices' I/O path (VM-wide). io_notify: how a guest's queue kick reaches the device (an MMIO
+// write that exits to userspace, or an ioeventfd KVM signals); io_irq: how an interrupt reaches the guest
+// (a KVM_SIGNAL_MSI ioctl, or an irqfd write); io_thread: where the device's work runs (the kicking vCPU's
+// thread, or a per-device I/O thread). ioeventfd needs io_thread on: someone must read the eventfd.
+enum class IoNotify { Exit, Ioeventfd };
+enum class IoIrq { Userspace, Irqfd };
+
 struct VmConfig {
     std::string profile = "untuned";
     unsigned cpus = 1;
@@ -68,6 +75,9 @@ struct VmConfig {
     std::string kernel_cmdline{kDefaultKernelCmdline};
     bool boots_linux() const { return !kernel.empty(); }
     std::vector<DiskConfig> disks; // one virtio-blk PCI function each, in slot order
+    IoNotify io_notify = IoNotify::Exit;
+    IoIrq io_irq = IoIrq::Userspace;
+    bool io_thread = false;
     bool operator==(const VmConfig&) const = default;
 };
 
@@ -92,6 +102,9 @@ std::expected<std::vector<unsigned>, std::string> parse_cpu_list(std::string_vie
 std::expected<HaltPoll, std::string> parse_halt_poll(std::string_view text);             // default off 200000
 std::expected<DisabledExits, std::string> parse_disabled_exits(std::string_view text);   // none hlt,pause
 std::expected<x86::CpuModel, std::string> parse_cpu_model(std::string_view text);        // host minimal
+std::expected<IoNotify, std::string> parse_io_notify(std::string_view text);             // exit ioeventfd
+std::expected<IoIrq, std::string> parse_io_irq(std::string_view text);                   // userspace irqfd
+std::expected<bool, std::string> parse_io_thread(std::string_view text);                 // off on
 // path=IMG[,readonly=on|off][,direct=on|off][,engine=sync|threads|uring]; the path cannot hold a comma.
 std::expected<DiskConfig, std::string> parse_disk(std::string_view text);
 
@@ -100,6 +113,8 @@ std::string to_string(const HaltPoll& halt_poll);
 std::string to_string(const DisabledExits& exits);
 std::string to_string(x86::CpuModel model);
 std::string to_string(const DiskConfig& disk); // the text parse_disk reads back
+std::string to_string(IoNotify notify);
+std::string to_string(IoIrq irq);
 
 // The effective configuration, one knob per line, as every run prints it.
 std::string describe(const VmConfig& config);

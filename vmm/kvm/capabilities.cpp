@@ -21,6 +21,8 @@ constexpr std::array kCapabilities{
     CapabilityInfo{KVM_CAP_MAX_VCPUS, "KVM_CAP_MAX_VCPUS", "largest --cpus", false},
     CapabilityInfo{KVM_CAP_NR_MEMSLOTS, "KVM_CAP_NR_MEMSLOTS", "memory regions per VM", false},
     CapabilityInfo{KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD", "notification knob: ioeventfd", false},
+    CapabilityInfo{KVM_CAP_IOEVENTFD_ANY_LENGTH, "KVM_CAP_IOEVENTFD_ANY_LENGTH",
+                   "ioeventfd on virtio notify writes of any width", false},
     CapabilityInfo{KVM_CAP_IRQFD, "KVM_CAP_IRQFD", "interrupt knob: irqfd", false},
     CapabilityInfo{KVM_CAP_IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING", "MSI-X through GSI routing", false},
     CapabilityInfo{KVM_CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI", "MSI injection from userspace", false},

@@ -170,6 +170,53 @@ void VmFd::add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event
     check_syscall(do_ioctl(fd(), KVM_IOEVENTFD, &request), "KVM_IOEVENTFD");
 }
 
+namespace {
+kvm_ioeventfd mmio_ioeventfd(std::uint64_t address, std::uint32_t length, int event_fd, std::uint32_t flags) {
+    kvm_ioeventfd request{};
+    request.addr = address;
+    request.len = length;
+    request.fd = event_fd;
+    request.flags = flags;
+    return request;
+}
+} // namespace
+
+void VmFd::add_mmio_ioeventfd(std::uint64_t address, std::uint32_t length, int event_fd) {
+    auto request = mmio_ioeventfd(address, length, event_fd, 0);
+    check_syscall(do_ioctl(fd(), KVM_IOEVENTFD, &request), "KVM_IOEVENTFD");
+}
+
+void VmFd::remove_mmio_ioeventfd(std::uint64_t address, std::uint32_t length, int event_fd) {
+    auto request = mmio_ioeventfd(address, length, event_fd, KVM_IOEVENTFD_FLAG_DEASSIGN);
+    check_syscall(do_ioctl(fd(), KVM_IOEVENTFD, &request), "KVM_IOEVENTFD (deassign)");
+}
+
+void VmFd::set_gsi_routing(std::span<const kvm_irq_routing_entry> entries) {
+    // kvm_irq_routing ends in a flexible array: build header and entries in one aligned buffer.
+    std::vector<std::uint64_t> buffer(
+        (sizeof(kvm_irq_routing) + entries.size() * sizeof(kvm_irq_routing_entry) + 7) / 8);
+    auto* table = reinterpret_cast<kvm_irq_routing*>(buffer.data());
+    table->nr = static_cast<std::uint32_t>(entries.size());
+    table->flags = 0;
+    std::memcpy(table->entries, entries.data(), entries.size_bytes());
+    check_syscall(do_ioctl(fd(), KVM_SET_GSI_ROUTING, table), "KVM_SET_GSI_ROUTING");
+}
+
+void VmFd::assign_irqfd(int event_fd, std::uint32_t gsi) {
+    kvm_irqfd request{};
+    request.fd = static_cast<std::uint32_t>(event_fd);
+    request.gsi = gsi;
+    check_syscall(do_ioctl(fd(), KVM_IRQFD, &request), "KVM_IRQFD");
+}
+
+void VmFd::deassign_irqfd(int event_fd, std::uint32_t gsi) {
+    kvm_irqfd request{};
+    request.fd = static_cast<std::uint32_t>(event_fd);
+    request.gsi = gsi;
+    request.flags = KVM_IRQFD_FLAG_DEASSIGN;
+    check_syscall(do_ioctl(fd(), KVM_IRQFD, &request), "KVM_IRQFD (deassign)");
+}
+
 VcpuFd::VcpuFd(UniqueFd fd, unsigned id, std::size_t mmap_size) : fd_(std::move(fd)), id_(id) {
     void* area = ::mmap(nullptr, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
     if (area == MAP_FAILED) throw SystemError("mmap of the kvm_run area", errno);

@@ -66,6 +66,15 @@ public:
     // Binds a guest PIO write of `length` bytes at `port` to an eventfd: the write no longer exits to
     // userspace, the kernel signals the eventfd instead.
     void add_pio_ioeventfd(std::uint16_t port, std::uint32_t length, int event_fd);
+    // The same for a guest MMIO write at `address`: `length` 1, 2, 4 or 8 bytes, or 0 for a write of any
+    // length (needs KVM_CAP_IOEVENTFD_ANY_LENGTH). remove_ undoes exactly that binding.
+    void add_mmio_ioeventfd(std::uint64_t address, std::uint32_t length, int event_fd);
+    void remove_mmio_ioeventfd(std::uint64_t address, std::uint32_t length, int event_fd);
+    // Replaces the VM's whole GSI routing table (KVM_SET_GSI_ROUTING): the entries not listed are gone.
+    void set_gsi_routing(std::span<const kvm_irq_routing_entry> entries);
+    // Binds an eventfd to a GSI (KVM_IRQFD): a write to it injects that GSI's route; deassign unbinds it.
+    void assign_irqfd(int event_fd, std::uint32_t gsi);
+    void deassign_irqfd(int event_fd, std::uint32_t gsi);
     int fd() const noexcept { return fd_.get(); }
 
 private:

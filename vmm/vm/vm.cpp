@@ -31,14 +31,17 @@
 #include "devices/legacy/serial.hpp"
 #include "devices/legacy/serial_input.hpp"
 #include "devices/virtio/block.hpp"
+#include "devices/virtio/io_thread.hpp"
 #include "devices/virtio/pci_transport.hpp"
 #include "guest/abi/boot_abi.hpp"
 #include "kvm/capabilities.hpp"
+#include "kvm/gsi_router.hpp"
 #include "kvm/kvm.hpp"
 #include "memory/backing.hpp"
 #include "trace/chrome_trace.hpp"
 #include "trace/disassembler.hpp"
 #include "trace/tracefs.hpp"
+#include "vm/msi_sinks.hpp"
 
 namespace vmmlab {
 
@@ -103,6 +106,16 @@ void apply_vm_knobs(const VmConfig& config, kvm::VmFd& vm) {
                               ENOTSUP);
         vm.enable_cap(KVM_CAP_X86_DISABLE_EXITS, std::array{wanted});
     }
+    // The I/O-path knobs: refused up front when this kernel cannot honour them.
+    auto require = [&](bool wanted, unsigned capability, const char* name, const std::string& knob) {
+        if (wanted && vm.check_extension(capability) <= 0)
+            throw SystemError(fmt::format("{}: {} missing", knob, name), ENOTSUP);
+    };
+    const bool ioeventfd = config.io_notify == IoNotify::Ioeventfd;
+    const bool irqfd = config.io_irq == IoIrq::Irqfd;
+    require(ioeventfd, KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD", "--io-notify ioeventfd");
+    require(irqfd, KVM_CAP_IRQFD, "KVM_CAP_IRQFD", "--io-irq irqfd");
+    require(irqfd, KVM_CAP_IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING", "--io-irq irqfd");
 }
 // KVM's binary stats of the VM and every vCPU, read before the vCPUs start and after they stop.
 class KernelStatsProbe {
@@ -243,32 +256,68 @@ std::optional<GuestResult> parse_result_line(std::string_view line) {
     return result;
 }
 
-// MSI-X messages of the virtio devices go straight into the in-kernel irqchip (KVM_SIGNAL_MSI): no
-// routing table to keep in step with the guest's MSI-X table, one ioctl per interrupt.
-class KvmMsiSink final : public virtio::MsiSink {
+// The virtio PCI functions: BAR0 of virtio device k (disks first, then nets) at kVirtioBarBase + k *
+// kBarSize (in the 32-bit PCI hole, above the tiny guest's bench MMIO page at 0xD0000000 and far below
+// the IO-APIC at 0xFEC00000), INTx on GSI kVirtioIntxGsiBase + k (IO-APIC pins 16-23, one each:
+// KVM_IRQ_LINE levels of one source cannot be shared). Linux uses MSI-X; INTx is for drivers that do not.
+constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
+constexpr std::uint32_t kVirtioIntxGsiBase = 16;
+constexpr std::size_t kMaxVirtioDevices = 8;
+
+// A window of a device's BAR inserted on the bus as its own range (so exits to it are counted as their
+// own site, e.g. "virtio-blk0-notify"): accesses are forwarded at `base` + offset.
+class BarWindow final : public Device {
 public:
-    explicit KvmMsiSink(kvm::VmFd& vm) : vm_(vm) {}
-    void deliver(std::uint16_t, const virtio::MsiMessage& message) override {
-        vm_.signal_msi(message.address, message.data);
+    BarWindow(std::string name, Device& target, std::uint64_t base)
+        : name_(std::move(name)), target_(target), base_(base) {}
+    std::string_view name() const override { return name_; }
+    ExitAction read(std::uint64_t offset, std::span<std::byte> data) override {
+        return target_.read(base_ + offset, data);
+    }
+    ExitAction write(std::uint64_t offset, std::span<const std::byte> data) override {
+        return target_.write(base_ + offset, data);
     }
 
 private:
-    kvm::VmFd& vm_;
+    std::string name_;
+    Device& target_;
+    std::uint64_t base_;
 };
 
-// The virtio PCI functions: BAR0 of disk i at kVirtioBarBase + i * kBarSize (in the 32-bit PCI hole,
-// above the tiny guest's bench MMIO page at 0xD0000000 and far below the IO-APIC at 0xFEC00000), INTx on
-// GSI kVirtioIntxGsiBase + i (IO-APIC pins 16-23, one each: KVM_IRQ_LINE levels of one source cannot be
-// shared). Linux uses MSI-X; INTx is for drivers that do not.
-constexpr std::uint64_t kVirtioBarBase = x86::acpi::kPciMmioBase; // the root bridge's window in the DSDT
-constexpr std::uint32_t kVirtioIntxGsiBase = 16;
-constexpr std::size_t kMaxDisks = 8;
-
-struct VirtioDisk {
-    std::unique_ptr<virtio::VirtioBlk> blk;
-    std::unique_ptr<InterruptLine> intx;
-    std::unique_ptr<virtio::VirtioPciTransport> transport; // last: destroyed first
+// One virtio PCI function and its I/O path (--io-notify, --io-irq, --io-thread). Torn down in an order
+// that keeps every callback's target alive: the I/O thread stops (no more kicks), the ioeventfds are
+// unbound, the transport resets the device (requests in flight complete and signal through the MSI
+// sink), then the sink, the INTx line and the device go.
+struct VirtioFunction {
+    kvm::VmFd* vm = nullptr;
+    std::string name;
     unsigned slot = 0;
+    std::unique_ptr<virtio::VirtioDevice> device;
+    std::unique_ptr<InterruptLine> intx;
+    std::unique_ptr<IrqfdMsiSink> irqfd; // --io-irq irqfd; otherwise the VM's KvmMsiSink
+    std::vector<UniqueFd> queue_fds;     // --io-thread on, per queue: what the I/O thread waits on
+    std::size_t ioeventfds_bound = 0;    // --io-notify ioeventfd: queue_fds[0..n) bound with KVM_IOEVENTFD
+    std::uint32_t ioeventfd_length = 0;  // the length they were bound for (0: a write of any length)
+    std::unique_ptr<virtio::VirtioPciTransport> transport;
+    std::unique_ptr<BarWindow> notify_window, msix_window;
+    std::unique_ptr<virtio::IoThread> io_thread;
+
+    VirtioFunction() = default;
+    VirtioFunction(const VirtioFunction&) = delete;
+    VirtioFunction& operator=(const VirtioFunction&) = delete;
+    ~VirtioFunction() {
+        if (io_thread) io_thread->stop();
+        for (std::size_t q = 0; q < ioeventfds_bound; ++q) {
+            try {
+                vm->remove_mmio_ioeventfd(transport->notify_address(static_cast<std::uint16_t>(q)),
+                                          ioeventfd_length, queue_fds[q].get());
+            } catch (const std::exception& error) {
+                spdlog::warn("{}: {}", name, error.what());
+            }
+        }
+        transport.reset();
+        irqfd.reset();
+    }
 };
 
 struct Vm::State {
@@ -300,7 +349,10 @@ struct Vm::State {
     devices::PortSink absent_ports{"absent"};
     devices::PciHost pci; // configuration mechanism #1: the host bridge at 00:00.0 and the virtio functions
     KvmMsiSink msi{vm};
-    std::vector<VirtioDisk> disks;
+    std::unique_ptr<kvm::VmGsiRouting> gsi_routing; // --io-irq irqfd: the VM's routing table
+    std::unique_ptr<kvm::GsiRouter> gsi_router;
+    std::unique_ptr<VmIrqfdBinder> irqfd_binder;
+    std::vector<std::unique_ptr<VirtioFunction>> virtio; // in slot order (disks, then nets)
     std::optional<std::string> kernel_panic; // the console line, once seen (guarded by output_mutex)
     UniqueFd bench_eventfd;
     std::vector<std::unique_ptr<VcpuThread>> vcpus;
@@ -426,13 +478,11 @@ Vm::Vm(const VmConfig& config, std::span<const std::byte> guest_image, ConsoleOp
     spdlog::info("guest memory: {}", describe_achieved_backing(config.backing, config.memory));
 }
 
-// One virtio-blk PCI function per configured disk, in order: the image opened, BAR0 on the MMIO bus, the
-// function at the next free slot of the host bridge. Queue notifications are MMIO writes that exit to
-// userspace (no ioeventfd yet).
+// One virtio-blk PCI function per configured disk, in order (see attach_virtio_device).
 void Vm::attach_disks(State& s) {
-    if (s.config.disks.size() > kMaxDisks)
-        throw SystemError(fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxDisks),
-                          EINVAL);
+    if (s.config.disks.size() > kMaxVirtioDevices)
+        throw SystemError(
+            fmt::format("disks: {} given; at most {}", s.config.disks.size(), kMaxVirtioDevices), EINVAL);
     for (std::size_t i = 0; i < s.config.disks.size(); ++i) {
         const auto& disk = s.config.disks[i];
         auto blk = virtio::VirtioBlk::open({.path = disk.path,
@@ -441,25 +491,96 @@ void Vm::attach_disks(State& s) {
                                             .engine = disk.engine,
                                             .serial = fmt::format("vmmlab-disk{}", i)});
         if (!blk) throw SystemError(fmt::format("disk {}: {}", disk.path, blk.error()), EINVAL);
-        const std::uint64_t bar = kVirtioBarBase + i * virtio::VirtioPciTransport::kBarSize;
-        const auto gsi = static_cast<std::uint32_t>(kVirtioIntxGsiBase + i);
-        VirtioDisk attached;
-        attached.blk = std::move(*blk);
-        attached.intx = std::make_unique<KvmIrqLine>(s.vm, gsi);
-        attached.transport = std::make_unique<virtio::VirtioPciTransport>(
-            fmt::format("virtio-blk{}", i), *attached.blk, s.memory, s.msi, *attached.intx, bar,
-            static_cast<std::uint8_t>(gsi));
-        attached.slot = s.pci.free_slot();
-        if (!s.pci.attach(attached.slot, *attached.transport))
-            throw SystemError(fmt::format("disk {}: no free PCI slot", disk.path), ENOSPC);
-        if (auto inserted =
-                s.mmio.insert(MmioAddress{bar}, virtio::VirtioPciTransport::kBarSize, *attached.transport);
-            !inserted)
-            throw SystemError(inserted.error(), EEXIST);
-        spdlog::info("disk {}: virtio-blk at 00:{:02x}.0, BAR0 {:#x}, INTx GSI {}{}", disk.path,
-                     attached.slot, bar, gsi, disk.readonly ? ", read-only" : "");
-        s.disks.push_back(std::move(attached));
+        auto& function = attach_virtio_device(s, std::move(*blk), fmt::format("virtio-blk{}", i));
+        spdlog::info("disk {}: {} at 00:{:02x}.0{}", disk.path, function.name, function.slot,
+                     disk.readonly ? ", read-only" : "");
     }
+}
+
+// Virtio device k (k = the number attached so far) at PCI slot k+1: BAR0 on the MMIO bus (the notify
+// region and the MSI-X table as sites of their own), INTx on GSI 16 + k, and the I/O path the knobs ask
+// for: interrupts by KVM_SIGNAL_MSI or per-vector irqfds; with --io-thread on, an I/O thread per device
+// that waits on one eventfd per queue, signalled by KVM (--io-notify ioeventfd, on notify_address(q)) or
+// by the vCPU's MMIO notify write (--io-notify exit, and any notify write that still exits), and kicks
+// the queue; with --io-thread off, the vCPU's notify write runs the device itself.
+VirtioFunction& Vm::attach_virtio_device(State& s, std::unique_ptr<virtio::VirtioDevice> device,
+                                         std::string name) {
+    const std::size_t k = s.virtio.size();
+    if (k >= kMaxVirtioDevices)
+        throw SystemError(fmt::format("{}: at most {} virtio devices in all", name, kMaxVirtioDevices),
+                          ENOSPC);
+    const std::uint64_t bar = kVirtioBarBase + k * virtio::VirtioPciTransport::kBarSize;
+    const auto gsi = static_cast<std::uint32_t>(kVirtioIntxGsiBase + k);
+    auto function = std::make_unique<VirtioFunction>();
+    auto& f = *function;
+    f.vm = &s.vm;
+    f.name = std::move(name);
+    f.device = std::move(device);
+    f.intx = std::make_unique<KvmIrqLine>(s.vm, gsi);
+    const std::uint16_t queues = f.device->queue_count();
+    const auto vectors = static_cast<std::uint16_t>(queues + 1);
+    virtio::MsiSink* msi = &s.msi;
+    if (s.config.io_irq == IoIrq::Irqfd) {
+        if (!s.gsi_router) {
+            const int limit = s.vm.check_extension(KVM_CAP_IRQ_ROUTING);
+            s.gsi_routing = std::make_unique<kvm::VmGsiRouting>(s.vm);
+            s.gsi_router = std::make_unique<kvm::GsiRouter>(*s.gsi_routing,
+                                                            limit > 0 ? static_cast<std::uint32_t>(limit)
+                                                                      : kvm::GsiRouter::kDefaultGsiLimit);
+            s.irqfd_binder = std::make_unique<VmIrqfdBinder>(s.vm);
+        }
+        f.irqfd = std::make_unique<IrqfdMsiSink>(*s.gsi_router, *s.irqfd_binder, vectors);
+        msi = f.irqfd.get();
+    }
+    f.transport = std::make_unique<virtio::VirtioPciTransport>(f.name, *f.device, s.memory, *msi, *f.intx,
+                                                               bar, static_cast<std::uint8_t>(gsi), vectors);
+    if (s.config.io_thread) {
+        f.io_thread = std::make_unique<virtio::IoThread>("io-" + f.name);
+        std::vector<int> fds;
+        for (std::uint16_t q = 0; q < queues; ++q) {
+            f.queue_fds.emplace_back(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+            if (!f.queue_fds.back()) throw SystemError(f.name + ": eventfd", errno);
+            fds.push_back(f.queue_fds.back().get());
+        }
+        if (s.config.io_notify == IoNotify::Ioeventfd) {
+            // Linux's virtio-pci writes the notify register 16 bits wide; any width where KVM can match it.
+            f.ioeventfd_length = s.vm.check_extension(KVM_CAP_IOEVENTFD_ANY_LENGTH) > 0 ? 0 : 2;
+            for (std::uint16_t q = 0; q < queues; ++q) {
+                s.vm.add_mmio_ioeventfd(f.transport->notify_address(q), f.ioeventfd_length, fds[q]);
+                f.ioeventfds_bound = q + 1U;
+            }
+            f.transport->set_kick_fds(fds);
+        }
+        // A notify write that exits anyway (--io-notify exit, or a width the ioeventfd does not match)
+        // signals the same eventfd: the device's work stays on its I/O thread.
+        f.transport->set_notify_hook([fds](std::uint16_t q) {
+            if (q < fds.size()) virtio::signal_event_fd(fds[q]);
+        });
+        // A device that hands its kick eventfds to the kernel (vhost) reads them itself.
+        if (!(s.config.io_notify == IoNotify::Ioeventfd && f.device->consumes_kicks()))
+            for (std::uint16_t q = 0; q < queues; ++q)
+                f.io_thread->watch(fds[q], [transport = f.transport.get(), q] { transport->kick(q); });
+        f.io_thread->start();
+    }
+    f.slot = s.pci.free_slot();
+    if (!s.pci.attach(f.slot, *f.transport))
+        throw SystemError(fmt::format("{}: no free PCI slot", f.name), ENOSPC);
+    using Transport = virtio::VirtioPciTransport;
+    f.notify_window = std::make_unique<BarWindow>(f.name + "-notify", *f.transport, Transport::kNotifyOffset);
+    f.msix_window = std::make_unique<BarWindow>(f.name + "-msix", *f.transport, Transport::kMsixTableOffset);
+    auto insert = [&](std::uint64_t offset, std::uint64_t size, Device& window) {
+        if (auto inserted = s.mmio.insert(MmioAddress{bar + offset}, size, window); !inserted)
+            throw SystemError(inserted.error(), EEXIST);
+    };
+    insert(0, Transport::kNotifyOffset, *f.transport);
+    insert(Transport::kNotifyOffset, Transport::kMsixTableOffset - Transport::kNotifyOffset,
+           *f.notify_window);
+    insert(Transport::kMsixTableOffset, Transport::kBarSize - Transport::kMsixTableOffset, *f.msix_window);
+    spdlog::info("{}: 00:{:02x}.0, BAR0 {:#x}, INTx GSI {}, notify {}, interrupts {}, I/O thread {}", f.name,
+                 f.slot, bar, gsi, to_string(s.config.io_notify), to_string(s.config.io_irq),
+                 s.config.io_thread ? "on" : "off");
+    s.virtio.push_back(std::move(function));
+    return *s.virtio.back();
 }
 
 void Vm::start_tiny_guest(State& s, std::span<const std::byte> guest_image, std::uint32_t flags,

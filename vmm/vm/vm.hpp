@@ -37,6 +37,10 @@
 namespace vmmlab {
 
 class KvmExitTracepoint; // trace/tracefs.hpp
+struct VirtioFunction;   // vm.cpp
+namespace virtio {
+class VirtioDevice;
+}
 
 struct GuestResult {
     std::string workload, metric, unit;
@@ -122,6 +126,9 @@ private:
                                  bool guest_avx);
     // One virtio-blk PCI function per configured disk (see vm.cpp for the addresses and GSIs).
     static void attach_disks(State& s);
+    // Any virtio device as the next PCI function, with the I/O path of the config's io_* knobs.
+    static VirtioFunction& attach_virtio_device(State& s, std::unique_ptr<virtio::VirtioDevice> device,
+                                                std::string name);
     std::unique_ptr<State> state_;
 };
 

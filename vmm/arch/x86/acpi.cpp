@@ -188,7 +188,7 @@ namespace {
 // AML encoding helpers (ACPI 6.5, 20.2).
 constexpr std::uint8_t kAmlNameOp = 0x08, kAmlScopeOp = 0x10, kAmlBufferOp = 0x11, kAmlBytePrefix = 0x0a,
                        kAmlDwordPrefix = 0x0c, kAmlExtOpPrefix = 0x5b, kAmlDeviceOp = 0x82, kAmlOneOp = 0x01,
-                       kAmlRootChar = 0x5c;
+                       kAmlRootChar = 0x5c, kAmlZeroOp = 0x00, kAmlPackageOp = 0x12;
 // Small resource descriptors (ACPI 6.5, 6.4.2): tag byte = type << 3 | length.
 constexpr std::uint8_t kIoDescriptor = 0x47;  // I/O port, 7 bytes follow
 constexpr std::uint8_t kIrqDescriptor = 0x22; // IRQ mask without flags (edge, active high), 2 bytes follow
@@ -309,6 +309,25 @@ std::vector<std::byte> pci_root_bridge_aml(const AcpiConfig& config) {
     name_dword("_CID", eisa_id("PNP0A03"));
     name_dword("_UID", 0);
     name_dword("_BBN", 0);
+    // _PRT: INTA# of slot s (1..pci_intx_slots, function any) goes straight to GSI pci_intx_gsi_base + s - 1
+    // (source Zero: a GSI, no link device). Linux then treats it as level-triggered, active low.
+    if (config.pci_intx_slots > 0) {
+        std::vector<std::byte> entries;
+        append(entries, {static_cast<std::uint8_t>(config.pci_intx_slots)});
+        for (unsigned slot = 1; slot <= config.pci_intx_slots; ++slot) {
+            std::vector<std::byte> entry;
+            append(entry, {4, kAmlDwordPrefix});
+            append_u32(entry, slot << 16 | 0xffff);
+            append(entry, {kAmlZeroOp, kAmlZeroOp, kAmlDwordPrefix}); // pin INTA, source Zero
+            append_u32(entry, config.pci_intx_gsi_base + slot - 1);
+            append(entries, {kAmlPackageOp});
+            append_package(entries, entry);
+        }
+        append(body, {kAmlNameOp});
+        append_name(body, "_PRT");
+        append(body, {kAmlPackageOp});
+        append_package(body, entries);
+    }
 
     std::vector<std::byte> resources;
     // Word Address Space Descriptor (6.4.3.5.3): type 0x88, length 13; resource type 2 (bus numbers),
@@ -367,6 +386,11 @@ std::expected<AcpiImage, std::string> build_acpi_tables(GuestAddress base, const
     if (config.serial && config.serial_irq > 15)
         return std::unexpected(
             fmt::format("ACPI: serial IRQ {} is not an ISA IRQ (0-15)", config.serial_irq));
+    if (config.pci_intx_slots > 31 ||
+        (config.pci_intx_slots > 0 && config.pci_intx_gsi_base + config.pci_intx_slots > kIoApicPins))
+        return std::unexpected(
+            fmt::format("ACPI: INTx of {} PCI slots from GSI {} does not fit the IO-APIC's {} pins",
+                        config.pci_intx_slots, config.pci_intx_gsi_base, kIoApicPins));
 
     AcpiImage image;
     Writer w(image.bytes);

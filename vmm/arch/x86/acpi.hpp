@@ -70,6 +70,7 @@ inline constexpr std::uint64_t kLocalApicAddress = 0xfee00000;
 inline constexpr std::uint64_t kIoApicAddress = 0xfec00000;
 inline constexpr std::uint8_t kCmosCenturyRegister = 0x32;
 inline constexpr unsigned kMaxVcpus = 1024;
+inline constexpr unsigned kIoApicPins = 24; // KVM's in-kernel IO-APIC: GSIs 0-23
 
 // FADT flags (ACPI 6.5, table 5.10) and IA-PC boot architecture flags (table 5.11) vmmlab uses.
 inline constexpr std::uint32_t kFadtWbinvd = 1U << 0;
@@ -115,6 +116,10 @@ struct AcpiConfig {
     bool pci_root_bridge = true;
     std::uint32_t pci_mmio_base = kPciMmioBase;
     std::uint32_t pci_mmio_size = kPciMmioSize;
+    // INTx routing (_PRT): INTA# of slots 1..pci_intx_slots on GSI pci_intx_gsi_base + slot - 1 (vm.cpp
+    // puts virtio device k at slot k + 1 with INTx on GSI 16 + k). 0: no _PRT.
+    unsigned pci_intx_slots = 8;
+    std::uint32_t pci_intx_gsi_base = 16;
 };
 
 // Where each table landed (guest-physical) and how long it is.

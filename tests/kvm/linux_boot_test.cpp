@@ -5,15 +5,14 @@
 //   VMMLAB_TEST_KERNEL        Debian's vmlinuz (tools/debian-kernel --vmlinuz)
 //   VMMLAB_TEST_INITRD        tools/mkinitramfs --boot-marker --script tests/kvm/linux_guest_checks.sh
 //   VMMLAB_TEST_SHELL_INITRD  tools/mkinitramfs --boot-marker (an interactive shell on the console)
-// A missing variable fails the test: a kvm run that did not boot Linux must not pass.
+// A missing variable fails the test: a kvm run that did not boot Linux must not pass. Booting and reading
+// the guest script's "vmmlab-check:" lines: linux_run.hpp.
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <sstream>
 #include <string>
 
 #include <unistd.h>
@@ -21,91 +20,15 @@
 #include "base/read_file.hpp"
 #include "base/unique_fd.hpp"
 #include "config/vm_config.hpp"
+#include "linux_run.hpp"
 #include "vm/vm.hpp"
 
 using namespace vmmlab;
+using namespace vmmlab::test;
 
 namespace {
 constexpr auto kBootTimeout = std::chrono::seconds(120); // nested boots take 7-20 s; a wedged one must fail
 constexpr std::uint64_t kMiB = 1ULL << 20;
-
-std::string required_env(const char* name) {
-    const char* value = std::getenv(name);
-    INFO(name << " is not set: run tools/test, which builds the images and exports it (see the comment at "
-                 "the top of tests/kvm/linux_boot_test.cpp)");
-    REQUIRE(value != nullptr);
-    REQUIRE(*value != '\0');
-    return value;
-}
-
-VmConfig linux_config(const std::string& initrd_variable, unsigned cpus, std::uint64_t memory,
-                      const std::string& extra_cmdline = {}) {
-    VmConfig config;
-    config.cpus = cpus;
-    config.memory = memory;
-    config.cpu_model = x86::CpuModel::HostPassthrough; // what `vmmlab run --kernel` picks
-    config.kernel = required_env("VMMLAB_TEST_KERNEL");
-    config.initrd = required_env(initrd_variable.c_str());
-    if (!extra_cmdline.empty()) config.kernel_cmdline += " " + extra_cmdline;
-    return config;
-}
-
-struct LinuxRun {
-    RunReport report;
-    std::string console;
-    std::multimap<std::string, std::string> checks; // "vmmlab-check: KEY VALUE" lines of the guest script
-    double host_start = 0, host_end = 0;            // the host's clock around the run, seconds since 1970
-};
-
-double host_epoch() {
-    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-LinuxRun boot(const VmConfig& config, int input_fd = -1) {
-    LinuxRun run;
-    ConsoleOptions console{[&run](std::span<const std::byte> bytes) {
-                               run.console.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-                           },
-                           input_fd};
-    run.host_start = host_epoch();
-    Vm vm(config, {}, std::move(console));
-    run.report = vm.run(kBootTimeout);
-    run.host_end = host_epoch();
-    // Left behind for a red run: what the guest printed and why the VM stopped.
-    std::printf("--- guest console (%s)\n%s\n--- %s, status %d; unclaimed PIO %llu, MMIO %llu\n",
-                describe(config).c_str(), run.console.c_str(), run.report.stop_reason.c_str(),
-                run.report.exit_status, static_cast<unsigned long long>(run.report.unclaimed_pio),
-                static_cast<unsigned long long>(run.report.unclaimed_mmio));
-    std::istringstream lines(run.console);
-    for (std::string line; std::getline(lines, line);) {
-        while (!line.empty() && line.back() == '\r')
-            line.pop_back();
-        constexpr std::string_view prefix = "vmmlab-check: ";
-        if (!line.starts_with(prefix)) continue;
-        line.erase(0, prefix.size());
-        const auto space = line.find(' ');
-        run.checks.emplace(line.substr(0, space), space == std::string::npos ? "" : line.substr(space + 1));
-    }
-    return run;
-}
-
-// The value of a check the guest script must have printed.
-std::string check_value(const LinuxRun& run, const std::string& key) {
-    auto found = run.checks.find(key);
-    INFO("the guest printed no 'vmmlab-check: " << key << "' line");
-    REQUIRE(found != run.checks.end());
-    return found->second;
-}
-
-double check_number(const LinuxRun& run, const std::string& key) {
-    const std::string text = check_value(run, key);
-    INFO(key << " = '" << text << "'");
-    std::size_t used = 0;
-    double value = 0;
-    REQUIRE_NOTHROW(value = std::stod(text, &used));
-    REQUIRE(used == text.size());
-    return value;
-}
 
 // A guest clock reading (seconds since 1970) taken during the run agrees with the host's within a minute.
 void check_clock(const LinuxRun& run, const std::string& key) {
@@ -130,7 +53,7 @@ std::filesystem::path temporary_file(const std::string& name, std::span<const st
 TEST_CASE("Linux boots to init on 1 vCPU with 3.5 GiB of usable RAM and the host's time, then powers off",
           "[kvm][linux]") {
     constexpr std::uint64_t memory = 3584 * kMiB; // 3 GiB below the PCI hole, 512 MiB above 4 GiB
-    auto run = boot(linux_config("VMMLAB_TEST_INITRD", 1, memory));
+    auto run = boot_linux(linux_config("VMMLAB_TEST_INITRD", 1, memory), kBootTimeout);
     CHECK_THAT(run.console, Catch::Contains("vmmlab-init: reached"));
     CHECK(run.report.exit_status == 0);
     CHECK(run.report.stop_reason == "the guest powered off (ACPI S5)");
@@ -170,7 +93,8 @@ TEST_CASE("Linux boots to init on 1 vCPU with 3.5 GiB of usable RAM and the host
 
 TEST_CASE("Linux starts a second vCPU through INIT/SIPI and reboots through the ACPI reset register",
           "[kvm][linux]") {
-    auto run = boot(linux_config("VMMLAB_TEST_INITRD", 2, 512 * kMiB, "vmmlab_check.end=reboot"));
+    auto run = boot_linux(linux_config("VMMLAB_TEST_INITRD", 2, 512 * kMiB, "vmmlab_check.end=reboot"),
+                          kBootTimeout);
     CHECK_THAT(run.console, Catch::Contains("vmmlab-init: reached"));
     CHECK(check_number(run, "cpus") == 2);
     CHECK(check_value(run, "rebooting").empty());
@@ -194,7 +118,7 @@ TEST_CASE("a line written to the serial console before the shell starts runs in 
 
     auto config = linux_config("VMMLAB_TEST_SHELL_INITRD", 1, 256 * kMiB);
     config.kernel_cmdline = "console=ttyS0 panic=-1"; // Linux 6.1 then tries EFI, then the BIOS
-    auto run = boot(config, read_end.get());
+    auto run = boot_linux(config, kBootTimeout, read_end.get());
     CHECK_THAT(run.console, Catch::Contains("vmmlab-init: starting a shell"));
     CHECK_THAT(run.console, Catch::Contains("vmmlab-typed-42"));
     CHECK(run.report.exit_status == 0);
@@ -203,7 +127,7 @@ TEST_CASE("a line written to the serial console before the shell starts runs in 
 
 TEST_CASE("a kernel panic ends the run with status 70 and says so, though panic=-1 reboots", "[kvm][linux]") {
     auto config = linux_config("VMMLAB_TEST_SHELL_INITRD", 1, 256 * kMiB, "rdinit=/no/such/init");
-    auto run = boot(config);
+    auto run = boot_linux(config, kBootTimeout);
     CHECK(run.report.exit_status == 70);
     CHECK_THAT(run.report.stop_reason,
                Catch::StartsWith("the guest kernel panicked (\"") &&

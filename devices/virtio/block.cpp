@@ -194,10 +194,7 @@ void VirtioBlk::completion_loop() {
 }
 
 void VirtioBlk::read_config(std::uint64_t offset, std::span<std::byte> data) const {
-    std::ranges::fill(data, std::byte{0});
-    if (offset >= blk::kConfigBytes) return;
-    const std::size_t length = std::min<std::size_t>(data.size(), blk::kConfigBytes - offset);
-    std::memcpy(data.data(), reinterpret_cast<const std::byte*>(&config_) + offset, length);
+    read_config_bytes(std::as_bytes(std::span(&config_, 1)).first(blk::kConfigBytes), offset, data);
 }
 
 BlockStats VirtioBlk::stats() const {

@@ -159,10 +159,7 @@ void VirtioNet::wake(int eventfd) {
 }
 
 void VirtioNet::read_config(std::uint64_t offset, std::span<std::byte> data) const {
-    std::ranges::fill(data, std::byte{0});
-    if (offset >= net::kConfigBytes) return;
-    const std::size_t length = std::min<std::size_t>(data.size(), net::kConfigBytes - offset);
-    std::memcpy(data.data(), reinterpret_cast<const std::byte*>(&config_) + offset, length);
+    read_config_bytes(std::as_bytes(std::span(&config_, 1)).first(net::kConfigBytes), offset, data);
 }
 
 NetStats VirtioNet::stats() const {

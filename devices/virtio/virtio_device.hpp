@@ -8,6 +8,7 @@
 // After reset() returns the device must no longer touch guest memory or the queues it was given.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <expected>
@@ -60,6 +61,16 @@ struct Activation {
     std::vector<int> kick_fds{};
     std::vector<int> call_fds{};
 };
+
+// A read of `data.size()` bytes at `offset` of a device's configuration structure `config`: the bytes that
+// lie inside it, zeros past its end (what read_config of every device does).
+inline void read_config_bytes(std::span<const std::byte> config, std::uint64_t offset,
+                              std::span<std::byte> data) {
+    std::fill(data.begin(), data.end(), std::byte{0});
+    if (offset >= config.size()) return;
+    const std::size_t length = std::min<std::size_t>(data.size(), config.size() - offset);
+    std::copy_n(config.begin() + static_cast<std::ptrdiff_t>(offset), length, data.begin());
+}
 
 class VirtioDevice {
 public:

@@ -54,4 +54,27 @@ int serial_read_byte();
 using Job = void (*)(void* context, unsigned index, unsigned count);
 void run_on_cpus(unsigned count, Job job, void* context);
 
+// The xAPIC's MSR and registers (offsets from its base), shared by the HLT benchmark's timer and the
+// virtio driver's interrupt set-up.
+namespace apic {
+inline constexpr uint32_t kMsrBase = 0x1b;
+inline constexpr uint32_t kId = 0x20;
+inline constexpr uint32_t kVersion = 0x30;
+inline constexpr uint32_t kTpr = 0x80;
+inline constexpr uint32_t kEoi = 0xb0;
+inline constexpr uint32_t kSvr = 0xf0;
+inline constexpr uint32_t kLvtTimer = 0x320;
+inline constexpr uint32_t kInitialCount = 0x380;
+inline constexpr uint32_t kDivide = 0x3e0;
+inline constexpr uint32_t kLvtMasked = 1U << 16;
+inline constexpr uint32_t kLvtPeriodic = 1U << 17;
+
+inline uint32_t read(uint64_t base, uint32_t reg) {
+    return *reinterpret_cast<volatile uint32_t*>(base + reg);
+}
+inline void write(uint64_t base, uint32_t reg, uint32_t value) {
+    *reinterpret_cast<volatile uint32_t*>(base + reg) = value;
+}
+} // namespace apic
+
 } // namespace vmmlab::guest::kernel

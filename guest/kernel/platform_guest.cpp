@@ -45,22 +45,7 @@ ExitMeasurement time_loop(const ExitRequest& request, Operation operation) {
 
 // --- xAPIC timer for the HLT benchmark -----------------------------------------------------------------
 
-constexpr uint32_t kMsrApicBase = 0x1b;
-constexpr uint32_t kApicVersion = 0x30;
-constexpr uint32_t kApicTpr = 0x80;
-constexpr uint32_t kApicEoi = 0xb0;
-constexpr uint32_t kApicSvr = 0xf0;
-constexpr uint32_t kApicLvtTimer = 0x320;
-constexpr uint32_t kApicInitialCount = 0x380;
-constexpr uint32_t kApicDivide = 0x3e0;
-constexpr uint32_t kLvtMasked = 1U << 16;
-
-uint32_t apic_read(uint64_t base, uint32_t reg) {
-    return *reinterpret_cast<volatile uint32_t*>(base + reg);
-}
-void apic_write(uint64_t base, uint32_t reg, uint32_t value) {
-    *reinterpret_cast<volatile uint32_t*>(base + reg) = value;
-}
+namespace apic = kernel::apic;
 
 ExitMeasurement measure_hlt(const ExitRequest& request) {
     ExitMeasurement m;
@@ -69,24 +54,24 @@ ExitMeasurement measure_hlt(const ExitRequest& request) {
         m.note = "the CPU model has no local APIC (CPUID.1:EDX.APIC = 0)";
         return m;
     }
-    const uint64_t apic_base_msr = kernel::rdmsr(kMsrApicBase);
+    const uint64_t apic_base_msr = kernel::rdmsr(apic::kMsrBase);
     if ((apic_base_msr & (1U << 11)) == 0 || (apic_base_msr & (1U << 10)) != 0) {
         m.note = "the local APIC is disabled or in x2APIC mode (IA32_APIC_BASE); only xAPIC is supported";
         return m;
     }
     const uint64_t base = apic_base_msr & 0xffffff000ULL;
-    const uint32_t version = apic_read(base, kApicVersion);
+    const uint32_t version = apic::read(base, apic::kVersion);
     if (version == 0 || version == 0xffffffff) {
         m.note = "no local APIC answers at its base address (no in-kernel irqchip?)";
         return m;
     }
     outb(0x21, 0xff); // mask both 8259 PICs: only the LAPIC timer may wake us
     outb(0xa1, 0xff);
-    vmmlab_apic_eoi = base + kApicEoi;
-    apic_write(base, kApicTpr, 0);
-    apic_write(base, kApicSvr, apic_read(base, kApicSvr) | 0x100 | kernel::kSpuriousVector);
-    apic_write(base, kApicDivide, 0xb);                    // divide by 1
-    apic_write(base, kApicLvtTimer, kernel::kTimerVector); // one-shot, unmasked
+    vmmlab_apic_eoi = base + apic::kEoi;
+    apic::write(base, apic::kTpr, 0);
+    apic::write(base, apic::kSvr, apic::read(base, apic::kSvr) | 0x100 | kernel::kSpuriousVector);
+    apic::write(base, apic::kDivide, 0xb);                    // divide by 1
+    apic::write(base, apic::kLvtTimer, kernel::kTimerVector); // one-shot, unmasked
 
     // Each round: arm the one-shot timer, then sti;hlt until its interrupt has been handled. A wake-up that
     // never comes cannot be bounded from inside (TESTING.md: enforce that from the host); the budget
@@ -97,7 +82,7 @@ ExitMeasurement measure_hlt(const ExitRequest& request) {
     bool out_of_time = false;
     while (done < request.iterations && !out_of_time) {
         const uint64_t before = vmmlab_timer_count;
-        apic_write(base, kApicInitialCount, static_cast<uint32_t>(request.timer_ticks));
+        apic::write(base, apic::kInitialCount, static_cast<uint32_t>(request.timer_ticks));
         while (vmmlab_timer_count == before) {
             vmmlab_safe_halt();
             if (read_ticks() > deadline) break;
@@ -107,8 +92,8 @@ ExitMeasurement measure_hlt(const ExitRequest& request) {
         out_of_time = read_ticks() > deadline;
     }
     m.ticks = read_ticks() - start;
-    apic_write(base, kApicLvtTimer, kLvtMasked | kernel::kTimerVector);
-    apic_write(base, kApicInitialCount, 0);
+    apic::write(base, apic::kLvtTimer, apic::kLvtMasked | kernel::kTimerVector);
+    apic::write(base, apic::kInitialCount, 0);
     m.supported = true;
     m.completed = done;
     m.detail = static_cast<int64_t>(vmmlab_halt_shadow_misses);

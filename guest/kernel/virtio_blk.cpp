@@ -69,23 +69,13 @@ Text driver_name() {
 
 // --- local APIC -----------------------------------------------------------------------------------------
 
-constexpr uint32_t kMsrApicBase = 0x1b;
-constexpr uint32_t kApicId = 0x20;
-constexpr uint32_t kApicTpr = 0x80;
-constexpr uint32_t kApicEoi = 0xb0;
-constexpr uint32_t kApicSvr = 0xf0;
-constexpr uint32_t kApicLvtTimer = 0x320;
-constexpr uint32_t kApicInitialCount = 0x380;
-constexpr uint32_t kApicDivide = 0x3e0;
-constexpr uint32_t kLvtMasked = 1U << 16;
-constexpr uint32_t kLvtPeriodic = 1U << 17;
 constexpr uint32_t kWatchdogCount = 10000000; // 10 ms where the APIC bus runs at 1 GHz, as KVM's does
 
 uint32_t apic_read(uint32_t reg) {
-    return *reinterpret_cast<volatile uint32_t*>(g_driver.apic_base + reg);
+    return kernel::apic::read(g_driver.apic_base, reg);
 }
 void apic_write(uint32_t reg, uint32_t value) {
-    *reinterpret_cast<volatile uint32_t*>(g_driver.apic_base + reg) = value;
+    kernel::apic::write(g_driver.apic_base, reg, value);
 }
 
 // Enables the xAPIC for interrupts (TPR 0, software enable) and starts the watchdog timer; returns the
@@ -96,7 +86,7 @@ bool apic_start(uint32_t& apic_id, Line& error) {
             "wait=irq needs a local APIC and the CPU model has none (CPUID.1:EDX.APIC = 0); use wait=poll");
         return false;
     }
-    const uint64_t msr = kernel::rdmsr(kMsrApicBase);
+    const uint64_t msr = kernel::rdmsr(kernel::apic::kMsrBase);
     if ((msr & (1U << 11)) == 0 || (msr & (1U << 10)) != 0) {
         error.put("wait=irq needs the local APIC enabled in xAPIC mode (IA32_APIC_BASE ")
             .put_hex(msr)
@@ -106,20 +96,20 @@ bool apic_start(uint32_t& apic_id, Line& error) {
     g_driver.apic_base = msr & 0xffffff000ULL;
     kernel::outb(0x21, 0xff); // both 8259 PICs masked: only the LAPIC's sources may interrupt
     kernel::outb(0xa1, 0xff);
-    vmmlab_apic_eoi = g_driver.apic_base + kApicEoi;
-    apic_write(kApicTpr, 0);
-    apic_write(kApicSvr, apic_read(kApicSvr) | 0x100 | kernel::kSpuriousVector);
-    apic_write(kApicDivide, 0xb); // divide by 1
-    apic_write(kApicLvtTimer, kLvtPeriodic | kernel::kTimerVector);
-    apic_write(kApicInitialCount, kWatchdogCount);
-    apic_id = apic_read(kApicId) >> 24;
+    vmmlab_apic_eoi = g_driver.apic_base + kernel::apic::kEoi;
+    apic_write(kernel::apic::kTpr, 0);
+    apic_write(kernel::apic::kSvr, apic_read(kernel::apic::kSvr) | 0x100 | kernel::kSpuriousVector);
+    apic_write(kernel::apic::kDivide, 0xb); // divide by 1
+    apic_write(kernel::apic::kLvtTimer, kernel::apic::kLvtPeriodic | kernel::kTimerVector);
+    apic_write(kernel::apic::kInitialCount, kWatchdogCount);
+    apic_id = apic_read(kernel::apic::kId) >> 24;
     return true;
 }
 
 void apic_stop() {
     if (g_driver.apic_base == 0) return;
-    apic_write(kApicLvtTimer, kLvtMasked | kernel::kTimerVector);
-    apic_write(kApicInitialCount, 0);
+    apic_write(kernel::apic::kLvtTimer, kernel::apic::kLvtMasked | kernel::kTimerVector);
+    apic_write(kernel::apic::kInitialCount, 0);
 }
 
 // --- ring access ----------------------------------------------------------------------------------------

@@ -230,6 +230,41 @@ TEST_CASE(
     }
 }
 
+TEST_CASE("blk: the data round-trips and figures come back on every I/O path (kick by exit or ioeventfd, "
+          "interrupt by ioctl or irqfd, device work on the vCPU or an I/O thread)",
+          "[kvm][guest][blk][iopath]") {
+    struct Path {
+        IoNotify notify;
+        IoIrq irq;
+        bool thread;
+    };
+    for (const Path path :
+         {Path{IoNotify::Exit, IoIrq::Userspace, false}, Path{IoNotify::Exit, IoIrq::Irqfd, false},
+          Path{IoNotify::Exit, IoIrq::Userspace, true}, Path{IoNotify::Ioeventfd, IoIrq::Irqfd, true}}) {
+        DYNAMIC_SECTION("io-notify " << to_string(path.notify) << ", io-irq " << to_string(path.irq)
+                                     << ", io-thread " << (path.thread ? "on" : "off")) {
+            Image image(kImageBytes);
+            const DiskConfig disk{.path = image.path(), .engine = virtio::IoEngineKind::IoUring};
+            auto config = blk_config("blk mode=write bs=4k qd=4", {disk});
+            config.io_notify = path.notify;
+            config.io_irq = path.irq;
+            config.io_thread = path.thread;
+            auto written = boot(config);
+            CHECK(written.report.exit_status == 0);
+            check_figures(written.report, 128);
+            CHECK(value_of(written.report, "interrupts") > 0);
+            CHECK(sectors_off_pattern(image.read_all(), kImageBytes / 512) == 0);
+
+            config.guest_cmdline = "blk mode=randread bs=4k qd=4 ops=64 verify=on";
+            auto read = boot(config);
+            CHECK(read.report.exit_status == 0);
+            check_figures(read.report, 64);
+            CHECK(value_of(read.report, "mismatched_sectors") == 0);
+            CHECK(value_of(read.report, "io_errors") == 0);
+        }
+    }
+}
+
 TEST_CASE("blk: wait=poll takes no interrupts, wait=irq one or more, both report figures",
           "[kvm][guest][blk]") {
     Image image(kImageBytes);

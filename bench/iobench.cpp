@@ -14,6 +14,9 @@
 //   vmmlab-iobench net-client HOST [--port P] [--mode stream|rr] [--bytes N] [--ops N] [--label TEXT]
 //       stream: sends N bytes, reports MB/s (checks the server's count); rr: N one-byte round trips,
 //       reports transactions/s and p50/p99 latency (us).
+//   vmmlab-iobench udp-echo [--port P] [--datagrams N]
+//       The UDP peer of the tiny guest's `net` workload (bench/udp_echo.hpp): echoes rr requests, counts
+//       stream datagrams and answers "count?" with their bytes. Serves N datagrams (default: forever).
 //
 // Results leave as "@result workload=W metric=M value=V unit=U" lines on stdout, the tiny guest's format,
 // so bench/io and `vmmlab compare` read them the same way. Errors: one line on stderr, exit status 1.
@@ -39,6 +42,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "bench/udp_echo.hpp"
 
 namespace {
 
@@ -338,15 +343,42 @@ int run_client(const std::string& host, const Flags& flags) {
     fail("--mode: '" + mode + "'; one of stream rr");
 }
 
+// --- UDP echo (the tiny guest's net workload) -----------------------------------------------------------
+
+int run_udp_echo(const Flags& flags) {
+    const auto port = static_cast<std::uint16_t>(flags.number("--port", 7777));
+    const std::uint64_t datagrams = flags.number("--datagrams", 0);
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail_errno("socket");
+    const int buffer_bytes = 16 << 20; // a stream arrives faster than one thread may drain it
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof buffer_bytes) != 0)
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(port);
+    address.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0)
+        fail_errno("bind UDP port " + std::to_string(port));
+    std::printf("vmmlab-iobench: UDP echo on port %u\n", port);
+    vmmlab::bench::UdpEchoCounters counters;
+    for (std::uint64_t served = 0; datagrams == 0 || served < datagrams; ++served)
+        if (!vmmlab::bench::udp_echo_once(fd, counters) && errno != EINTR) fail_errno("udp-echo");
+    ::close(fd);
+    std::printf("vmmlab-iobench: echoed %llu datagrams, counted %llu stream bytes\n",
+                static_cast<unsigned long long>(counters.echoed),
+                static_cast<unsigned long long>(counters.stream_bytes));
+    return 0;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     const std::string usage =
-        "usage: vmmlab-iobench blk DEVICE [...] | net-server [...] | net-client HOST [...]";
+        "usage: vmmlab-iobench blk DEVICE [...] | net-server [...] | net-client HOST [...] | udp-echo [...]";
     if (argc < 2) fail(usage);
     const std::string_view command = argv[1];
     Flags flags;
-    const int first_flag = command == "net-server" ? 2 : 3;
+    const int first_flag = command == "net-server" || command == "udp-echo" ? 2 : 3;
     if (argc < first_flag) fail(usage);
     for (int i = first_flag; i < argc; ++i)
         flags.args.emplace_back(argv[i]);
@@ -354,5 +386,6 @@ int main(int argc, char** argv) {
     if (command == "blk") return run_blk(argv[2], flags);
     if (command == "net-server") return run_server(flags);
     if (command == "net-client") return run_client(argv[2], flags);
+    if (command == "udp-echo") return run_udp_echo(flags);
     fail(usage);
 }

@@ -211,7 +211,8 @@ bool VirtioPciDevice::find(uint16_t device_id, unsigned index, Line& error) {
     for (int shift = 12; shift >= 0; shift -= 4)
         error.put(kHex[(device_id >> shift) & 15]);
     error.put(" number ").put_u64(index).put(" on PCI bus 0 (");
-    error.put_u64(found_any).put(" found; does the VM have --disk?)");
+    error.put_u64(found_any).put(device_id == kVirtioNetDevice ? " found; does the VM have --net?)"
+                                                               : " found; does the VM have --disk?)");
     return false;
 }
 

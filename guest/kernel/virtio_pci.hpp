@@ -21,6 +21,7 @@ uint8_t pci_read8(unsigned slot, uint8_t offset);
 void pci_write16(unsigned slot, uint8_t offset, uint16_t value);
 
 inline constexpr uint16_t kVirtioVendor = 0x1af4;
+inline constexpr uint16_t kVirtioNetDevice = 0x1041;   // 0x1040 + device type 1
 inline constexpr uint16_t kVirtioBlockDevice = 0x1042; // 0x1040 + device type 2
 
 inline constexpr uint8_t kStatusAcknowledge = 1;

@@ -193,4 +193,29 @@ uint64_t block_kicks() {
 void block_close() {
 }
 
+// No network devices natively: the net workload measures the guest's virtio-net path.
+bool net_supported() {
+    return false;
+}
+
+bool net_open(NetInfo&, Line& error) {
+    error.put("not available natively (vmmlab-native has no virtio-net device)");
+    return false;
+}
+
+void net_send(const void*, size_t, uint64_t) {
+    fail("net_send: no network device natively");
+}
+
+size_t net_receive(void*, size_t, uint64_t) {
+    fail("net_receive: no network device natively");
+}
+
+uint64_t net_frames_sent() {
+    return 0;
+}
+
+void net_close() {
+}
+
 } // namespace vmmlab::guest::platform

@@ -126,4 +126,31 @@ uint64_t block_kicks();
 // Resets the device (it stops using guest memory).
 void block_close();
 
+// Network devices, for the `net` workload. The guest drives its first virtio-net PCI function (1AF4:1041 on
+// bus 0; guest/kernel/virtio_net.cpp) with VERSION_1 (+ MAC where offered), polling its used rings;
+// natively there is none (net_open says why). Frames are whole Ethernet frames without the virtio header.
+inline constexpr size_t kNetMaxFrameBytes = 1514; // Ethernet header + 1500 bytes of payload
+
+struct NetInfo {
+    uint8_t mac[6] = {};
+    bool device_mac = false; // the device offered VIRTIO_NET_F_MAC (else a fixed locally administered one)
+    uint16_t queue_size = 0; // descriptors in each of the receive and transmit queues
+    Text transport;          // e.g. "virtio-net 00:01.0"
+};
+
+// False where there are no network devices at all (natively); net_open's error says why.
+bool net_supported();
+// Finds and initialises the first virtio-net device; false with `error` set (one line) when it cannot.
+bool net_open(NetInfo& info, Line& error);
+// Queues one frame (at most kNetMaxFrameBytes) for transmission and notifies the device; waits up to
+// `timeout_ticks` for a free transmit slot and panics (naming the device's state) if none comes.
+void net_send(const void* frame, size_t bytes, uint64_t timeout_ticks);
+// Copies the next received frame into `buffer` and returns its length (frames longer than `capacity` are
+// cut), waiting up to `timeout_ticks`; 0 when none came in time.
+size_t net_receive(void* buffer, size_t capacity, uint64_t timeout_ticks);
+// Frames handed to the device for transmission since net_open.
+uint64_t net_frames_sent();
+// Resets the device (it stops using guest memory).
+void net_close();
+
 } // namespace vmmlab::guest::platform

@@ -16,6 +16,7 @@ constexpr Workload kWorkloads[] = {
     {"hlt", run_exits},       {"exits", run_exits},     {"stream", run_stream},
     {"gups", run_gups},       {"latency", run_latency}, {"fault", run_fault},
     {"cpuinfo", run_cpuinfo}, {"echo", run_echo},       {"blk", run_blk},
+    {"net", run_net},
 };
 
 } // namespace

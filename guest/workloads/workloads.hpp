@@ -57,6 +57,8 @@ int run_stream(const Args& args);
 int run_gups(const Args& args);
 int run_latency(const Args& args);
 int run_fault(const Args& args);
+int run_net(
+    const Args& args); // net peer=... addr=... mode=rr|stream: UDP over virtio-net (guest/workloads/net.cpp)
 int run_blk(
     const Args& args); // blk mode=... bs=... qd=...: the guest's virtio-blk disks (guest/workloads/blk.cpp)
                        // // fault [type=ud|pf|gp|de|panic]: tests the fault and panic paths

@@ -29,22 +29,6 @@ struct AlignedFree {
     void operator()(std::byte* pointer) const { std::free(pointer); }
 };
 
-// Copies `out.size()` bytes from the front of `spans`, after skipping `skip` bytes.
-void gather(std::span<const std::span<std::byte>> spans, std::uint64_t skip, std::span<std::byte> out) {
-    std::size_t done = 0;
-    for (const auto& span : spans) {
-        if (done == out.size()) break;
-        if (skip >= span.size()) {
-            skip -= span.size();
-            continue;
-        }
-        const std::size_t chunk = std::min<std::size_t>(span.size() - skip, out.size() - done);
-        std::memcpy(out.data() + done, span.data() + skip, chunk);
-        done += chunk;
-        skip = 0;
-    }
-}
-
 // Appends iovecs for `count` bytes of `spans` after skipping `skip` bytes.
 void collect(std::span<const std::span<std::byte>> spans, std::uint64_t skip, std::uint64_t count,
              std::vector<iovec>& out) {

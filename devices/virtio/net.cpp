@@ -24,33 +24,6 @@ bool has(std::uint64_t features, unsigned bit) {
     return ((features >> bit) & 1) != 0;
 }
 
-// Copies the front of `spans` (after skipping `skip` bytes) into `out`.
-void gather(std::span<const std::span<std::byte>> spans, std::size_t skip, std::span<std::byte> out) {
-    std::size_t done = 0;
-    for (const auto& span : spans) {
-        if (done == out.size()) break;
-        if (skip >= span.size()) {
-            skip -= span.size();
-            continue;
-        }
-        const std::size_t chunk = std::min(span.size() - skip, out.size() - done);
-        std::memcpy(out.data() + done, span.data() + skip, chunk);
-        done += chunk;
-        skip = 0;
-    }
-}
-
-// Copies `data` into the front of `spans` (which hold at least data.size() bytes).
-void scatter(std::span<const std::span<std::byte>> spans, std::span<const std::byte> data) {
-    std::size_t done = 0;
-    for (const auto& span : spans) {
-        if (done == data.size()) break;
-        const std::size_t chunk = std::min(span.size(), data.size() - done);
-        std::memcpy(span.data(), data.data() + done, chunk);
-        done += chunk;
-    }
-}
-
 // The host address of byte `offset` of `spans` (which hold more than `offset` bytes).
 std::byte* byte_at(std::span<const std::span<std::byte>> spans, std::size_t offset) {
     for (const auto& span : spans) {

@@ -306,4 +306,29 @@ std::expected<bool, QueueError> Virtqueue::enable_notifications() {
     return *count != 0;
 }
 
+void gather(std::span<const std::span<std::byte>> spans, std::uint64_t skip, std::span<std::byte> out) {
+    std::size_t done = 0;
+    for (const auto& span : spans) {
+        if (done == out.size()) break;
+        if (skip >= span.size()) {
+            skip -= span.size();
+            continue;
+        }
+        const std::size_t chunk = std::min<std::size_t>(span.size() - skip, out.size() - done);
+        std::memcpy(out.data() + done, span.data() + skip, chunk);
+        done += chunk;
+        skip = 0;
+    }
+}
+
+void scatter(std::span<const std::span<std::byte>> spans, std::span<const std::byte> data) {
+    std::size_t done = 0;
+    for (const auto& span : spans) {
+        if (done == data.size()) break;
+        const std::size_t chunk = std::min(span.size(), data.size() - done);
+        std::memcpy(span.data(), data.data() + done, chunk);
+        done += chunk;
+    }
+}
+
 } // namespace vmmlab::virtio

@@ -121,6 +121,12 @@ struct DescriptorChain {
     void clear();
 };
 
+// Copies out.size() bytes from the front of a chain's buffers `spans`, after skipping `skip` bytes (the
+// buffers must hold skip + out.size() bytes).
+void gather(std::span<const std::span<std::byte>> spans, std::uint64_t skip, std::span<std::byte> out);
+// Copies `data` into the front of `spans` (which must hold at least data.size() bytes).
+void scatter(std::span<const std::span<std::byte>> spans, std::span<const std::byte> data);
+
 class Virtqueue {
 public:
     Virtqueue() = default;

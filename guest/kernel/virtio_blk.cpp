@@ -181,14 +181,7 @@ bool block_open(const BlockOpen& request, BlockInfo& info, Line& error) {
     g_driver = Driver{};
     VirtioPciDevice& pci = g_driver.pci;
     if (!pci.find(kernel::kVirtioBlockDevice, request.disk, error)) return false;
-    constexpr char kHex[] = "0123456789abcdef";
-    constexpr Text kPrefix = "virtio-blk 00:";
-    for (size_t i = 0; i < kPrefix.size; ++i)
-        g_driver.name[i] = kPrefix[i];
-    g_driver.name[kPrefix.size] = kHex[(pci.slot() >> 4) & 1];
-    g_driver.name[kPrefix.size + 1] = kHex[pci.slot() & 15];
-    g_driver.name[kPrefix.size + 2] = '.';
-    g_driver.name[kPrefix.size + 3] = '0';
+    pci.name_into("virtio-blk ", g_driver.name);
 
     if (request.queue_depth == 0 || request.queue_depth > kMaxQueueDepth) {
         error.put("queue depth ").put_u64(request.queue_depth).put(" outside 1..").put_u64(kMaxQueueDepth);

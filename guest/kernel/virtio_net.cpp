@@ -101,14 +101,7 @@ bool net_open(NetInfo& info, Line& error) {
     g_driver = Driver{};
     VirtioPciDevice& pci = g_driver.pci;
     if (!pci.find(kernel::kVirtioNetDevice, 0, error)) return false;
-    constexpr char kHex[] = "0123456789abcdef";
-    constexpr Text kPrefix = "virtio-net 00:";
-    for (size_t i = 0; i < kPrefix.size; ++i)
-        g_driver.name[i] = kPrefix[i];
-    g_driver.name[kPrefix.size] = kHex[(pci.slot() >> 4) & 1];
-    g_driver.name[kPrefix.size + 1] = kHex[pci.slot() & 15];
-    g_driver.name[kPrefix.size + 2] = '.';
-    g_driver.name[kPrefix.size + 3] = '0';
+    pci.name_into("virtio-net ", g_driver.name);
     if (!pci.reset(error)) return false;
     uint64_t features = 0;
     if (!pci.negotiate(1ULL << kernel::kFeatureVersion1, 1ULL << kFeatureMac, features, error)) return false;

@@ -370,4 +370,15 @@ uint64_t VirtioPciDevice::config_u64(uint32_t offset) const {
     return config_u32(offset) | static_cast<uint64_t>(config_u32(offset + 4)) << 32;
 }
 
+void VirtioPciDevice::name_into(Text prefix, char* out) const {
+    constexpr char kHex[] = "0123456789abcdef";
+    size_t at = 0;
+    for (size_t i = 0; i < prefix.size; ++i)
+        out[at++] = prefix[i];
+    const char tail[] = {'0', '0', ':', kHex[(slot_ >> 4) & 1], kHex[slot_ & 15], '.', '0'};
+    for (char c : tail)
+        out[at++] = c;
+    out[at] = '\0';
+}
+
 } // namespace vmmlab::guest::kernel

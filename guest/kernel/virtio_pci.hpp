@@ -81,6 +81,8 @@ public:
     // turns on memory decoding and bus mastering, and locates its capabilities.
     bool find(uint16_t device_id, unsigned index, Line& error);
     unsigned slot() const { return slot_; }
+    // "`prefix`00:SS.0" (SS the slot in hex) into `out`, which holds prefix.size + 8 bytes at least.
+    void name_into(Text prefix, char* out) const;
 
     // Writes 0 to device_status and waits (1 s at most) until it reads 0.
     bool reset(Line& error);

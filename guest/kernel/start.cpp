@@ -91,13 +91,14 @@ vmmlab_isr_common:
 
     .globl vmmlab_isr_timer
     .type vmmlab_isr_timer, @function
-vmmlab_isr_timer:                 /* LAPIC timer: count, EOI, return */
+    /* An interrupt handler that counts in `counter`, sends the LAPIC an EOI and returns. Taken between
+       vmmlab_safe_halt's STI and HLT (the STI shadow was not honoured, as happens under nested SVM in
+       TCG), it returns past the HLT, or the CPU would halt with its wake-up already spent. */
+    .macro VMMLAB_COUNTING_ISR counter
     push %rax
-    lock incq vmmlab_timer_count(%rip)
+    lock incq \counter(%rip)
     mov vmmlab_apic_eoi(%rip), %rax
     movl $0, (%rax)
-    /* Taken between vmmlab_safe_halt's STI and HLT (the STI shadow was not honoured, as happens under
-       nested SVM in TCG): return past the HLT, or the CPU would halt with its wake-up already spent. */
     lea vmmlab_halt_site(%rip), %rax
     cmp %rax, 8(%rsp)
     jne 1f
@@ -106,6 +107,10 @@ vmmlab_isr_timer:                 /* LAPIC timer: count, EOI, return */
     lock incq vmmlab_halt_shadow_misses(%rip)
 1:  pop %rax
     iretq
+    .endm
+
+vmmlab_isr_timer:                 /* LAPIC timer */
+    VMMLAB_COUNTING_ISR vmmlab_timer_count
     .size vmmlab_isr_timer, . - vmmlab_isr_timer
 
     /* sti; hlt; cli with interrupts taken only while halted (the STI shadow covers the HLT). */
@@ -122,19 +127,8 @@ vmmlab_halt_done:
 
     .globl vmmlab_isr_device
     .type vmmlab_isr_device, @function
-vmmlab_isr_device:                /* a virtio device's MSI-X message: count, EOI, return (as the timer) */
-    push %rax
-    lock incq vmmlab_device_interrupts(%rip)
-    mov vmmlab_apic_eoi(%rip), %rax
-    movl $0, (%rax)
-    lea vmmlab_halt_site(%rip), %rax
-    cmp %rax, 8(%rsp)
-    jne 1f
-    lea vmmlab_halt_done(%rip), %rax
-    mov %rax, 8(%rsp)
-    lock incq vmmlab_halt_shadow_misses(%rip)
-1:  pop %rax
-    iretq
+vmmlab_isr_device:                /* a virtio device's MSI-X message */
+    VMMLAB_COUNTING_ISR vmmlab_device_interrupts
     .size vmmlab_isr_device, . - vmmlab_isr_device
 
     .globl vmmlab_isr_spurious

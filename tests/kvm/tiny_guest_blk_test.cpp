@@ -17,6 +17,7 @@
 #include "guest/embedded_image.hpp"
 #include "guest/workloads/blk_pattern.hpp"
 #include "guest/workloads/random.hpp"
+#include "tiny_guest_run.hpp"
 #include "vm/vm.hpp"
 
 using namespace vmmlab;
@@ -24,22 +25,10 @@ using namespace vmmlab;
 namespace {
 namespace fs = std::filesystem;
 
-struct GuestRun {
-    RunReport report;
-    std::string console;
-};
+using testing::GuestRun;
 
 GuestRun boot(const VmConfig& config) {
-    GuestRun run;
-    ConsoleOptions console{[&run](std::span<const std::byte> bytes) {
-                               run.console.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-                           },
-                           -1};
-    Vm vm(config, embedded_guest_image(), std::move(console));
-    run.report = vm.run(std::chrono::seconds(120)); // bounded from the host: a wedged guest fails the test
-    std::printf("--- guest console (%s)\n%s--- %s, status %d\n", describe(config).c_str(),
-                run.console.c_str(), run.report.stop_reason.c_str(), run.report.exit_status);
-    return run;
+    return testing::run_tiny_guest(config, std::chrono::seconds(120));
 }
 
 VmConfig blk_config(std::string cmdline, std::vector<DiskConfig> disks) {

@@ -16,6 +16,7 @@
 #include "bench/udp_echo.hpp"
 #include "guest/embedded_image.hpp"
 #include "net_namespace.hpp"
+#include "tiny_guest_run.hpp"
 #include "vm/vm.hpp"
 
 using namespace vmmlab;
@@ -71,10 +72,7 @@ private:
     int errors_ = 0;
 };
 
-struct GuestRun {
-    RunReport report;
-    std::string console;
-};
+using testing::GuestRun;
 
 GuestRun boot(const std::string& cmdline, bool vhost) {
     VmConfig config;
@@ -86,17 +84,7 @@ GuestRun boot(const std::string& cmdline, bool vhost) {
         config.io_irq = IoIrq::Irqfd;
         config.io_thread = true;
     }
-    GuestRun run;
-    ConsoleOptions console{[&run](std::span<const std::byte> bytes) {
-                               run.console.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-                           },
-                           -1};
-    Vm vm(config, embedded_guest_image(), std::move(console));
-    run.report = vm.run(std::chrono::seconds(120)); // bounded from the host: a wedged guest fails the test
-    std::printf("--- guest console (%s)\n%s--- %s, status %d\n", describe(config).c_str(),
-                run.console.c_str(), run.report.stop_reason.c_str(), run.report.exit_status);
-    std::fflush(stdout);
-    return run;
+    return testing::run_tiny_guest(config, std::chrono::seconds(120));
 }
 
 double value_of(const RunReport& report, std::string_view metric) {

@@ -13,29 +13,16 @@
 #include "config/vm_config.hpp"
 #include "guest/embedded_image.hpp"
 #include "kvm/kvm.hpp"
+#include "tiny_guest_run.hpp"
 #include "vm/vm.hpp"
 
 using namespace vmmlab;
 
 namespace {
-struct GuestRun {
-    RunReport report;
-    std::string console;
-};
+using testing::GuestRun;
 
-GuestRun boot(VmConfig config, int input_fd = -1) {
-    GuestRun run;
-    ConsoleOptions console{[&run](std::span<const std::byte> bytes) {
-                               run.console.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-                           },
-                           input_fd};
-    Vm vm(config, embedded_guest_image(), std::move(console));
-    // Bounded from the host side: TESTING.md has nested guests that wedged; a hang must fail, not stall.
-    run.report = vm.run(std::chrono::seconds(60));
-    // Left behind for a red run: what the guest printed and why the VM stopped.
-    std::printf("--- guest console (%s)\n%s--- %s, status %d\n", describe(config).c_str(),
-                run.console.c_str(), run.report.stop_reason.c_str(), run.report.exit_status);
-    return run;
+GuestRun boot(const VmConfig& config, int input_fd = -1) {
+    return testing::run_tiny_guest(config, std::chrono::seconds(60), input_fd);
 }
 
 VmConfig with_cmdline(std::string cmdline, unsigned cpus = 1) {
